@@ -1,0 +1,13 @@
+"""inferwatch: observability for ML model serving."""
+
+from inferwatch._version import __version__
+from inferwatch.decorators import monitor_inference, track_inference
+from inferwatch.exposition import metrics_handler, start_metrics_server
+
+__all__ = [
+    "__version__",
+    "metrics_handler",
+    "monitor_inference",
+    "start_metrics_server",
+    "track_inference",
+]

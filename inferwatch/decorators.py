@@ -1,0 +1,369 @@
+"""In-process instrumentation: ``@monitor_inference`` and ``track_inference``.
+
+Both record the schema's inference families with ``source="app"``. Label children are
+resolved when the function is decorated, so a call costs a few increments and one observe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from time import perf_counter
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+from prometheus_client import CollectorRegistry
+
+from inferwatch import schema
+from inferwatch.metrics import ModelInstruments, inference_metrics
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+# int: a fixed size; callable: called with the call's arguments; None: the default rule
+# (length of the first argument after self/cls); False: never record a batch size.
+BatchSize = int | Callable[..., Any] | None
+
+_CANCELLED = (asyncio.CancelledError, GeneratorExit)
+
+
+def _reason(exc: BaseException) -> str:
+    return schema.REASON_CANCELLED if isinstance(exc, _CANCELLED) else schema.REASON_EXCEPTION
+
+
+def count_items(value: Any) -> int | None:
+    """Items in one argument: its length (leading dimension for arrays and tensors).
+
+    A string or bytes is one item, not its characters; a mapping has no batch dimension we
+    can trust (its length counts keys), and neither has a scalar.
+    """
+    if isinstance(value, (str, bytes, bytearray)):
+        return 1
+    if isinstance(value, Mapping):
+        return None
+    try:
+        return len(value)
+    except TypeError:  # no __len__, or a 0-d array/tensor
+        return None
+
+
+def _first_data_parameter(func: Callable[..., Any]) -> tuple[int, str | None]:
+    """Position and name of the first argument that is not ``self``/``cls``."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return 0, None
+    skip = 1 if params and params[0].name in ("self", "cls") else 0
+    rest = params[skip:]
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if rest and rest[0].kind in positional:
+        return skip, rest[0].name
+    return skip, None
+
+
+def _batch_extractor(
+    func: Callable[..., Any], batch_size: BatchSize
+) -> Callable[[tuple[Any, ...], dict[str, Any]], int | None] | None:
+    if batch_size is False:
+        return None
+    if batch_size is True:
+        raise TypeError("batch_size must be an int, a callable, None or False; got True")
+    if isinstance(batch_size, int):
+        fixed = batch_size
+        return lambda args, kwargs: fixed
+    if callable(batch_size):
+        user = batch_size
+        return lambda args, kwargs: user(*args, **kwargs)
+    if batch_size is not None:
+        raise TypeError(
+            f"batch_size must be an int, a callable, None or False; got {batch_size!r}"
+        )
+    position, name = _first_data_parameter(func)
+
+    def default(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+        if len(args) > position:
+            return count_items(args[position])
+        if name is not None and name in kwargs:
+            return count_items(kwargs[name])
+        return None
+
+    return default
+
+
+def _observe_batch(
+    extract: Callable[[tuple[Any, ...], dict[str, Any]], int | None],
+    m: ModelInstruments,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    # A broken extractor must never break the inference it measures.
+    try:
+        size = extract(args, kwargs)
+    except Exception:
+        log.debug("batch size extraction failed for %s", m.model_name, exc_info=True)
+        return
+    if size is not None:
+        m.batch_size.observe(size)
+
+
+@overload
+def monitor_inference(func: F, /) -> F: ...
+
+
+@overload
+def monitor_inference(
+    func: None = None,
+    /,
+    *,
+    model_name: str | None = None,
+    model_version: str = "",
+    batch_size: BatchSize = None,
+    registry: CollectorRegistry | None = None,
+) -> Callable[[F], F]: ...
+
+
+def monitor_inference(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    model_name: str | None = None,
+    model_version: str = "",
+    batch_size: BatchSize = None,
+    registry: CollectorRegistry | None = None,
+) -> Any:
+    """Record every call of a function as one inference of ``model_name``.
+
+    Works on functions and methods, ``async def``, generators and async generators (streamed
+    answers: the first item is the time to first byte). Exceptions propagate unchanged.
+    ``model_name`` defaults to the function's name; ``registry`` to prometheus_client's.
+    """
+
+    def decorate(fn: F) -> F:
+        m = inference_metrics(registry).model(
+            schema.SOURCE_APP, model_name or fn.__name__, model_version
+        )
+        extract = _batch_extractor(fn, batch_size)
+        if inspect.isasyncgenfunction(fn):
+            wrapper: Callable[..., Any] = _wrap_async_generator(fn, m, extract)
+        elif inspect.isgeneratorfunction(fn):
+            wrapper = _wrap_generator(fn, m, extract)
+        elif inspect.iscoroutinefunction(fn):
+            wrapper = _wrap_coroutine(fn, m, extract)
+        else:
+            wrapper = _wrap_function(fn, m, extract)
+        return functools.wraps(fn)(wrapper)  # type: ignore[return-value]
+
+    if func is not None:
+        return decorate(func)
+    return decorate
+
+
+# The wrappers bind children's methods to locals: attribute lookups are a measurable part of a
+# call that otherwise costs about a microsecond.
+
+
+def _wrap_function(fn: Callable[..., Any], m: ModelInstruments, extract: Any) -> Callable[..., Any]:
+    active_inc, active_dec = m.active.inc, m.active.dec
+    observe, success = m.duration.observe, m.success.inc
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if extract is not None:
+            _observe_batch(extract, m, args, kwargs)
+        active_inc()
+        start = perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            observe(perf_counter() - start)
+            active_dec()
+            m.record_failure(_reason(exc))
+            raise
+        observe(perf_counter() - start)
+        active_dec()
+        success()
+        return result
+
+    return wrapper
+
+
+def _wrap_coroutine(fn: Callable[..., Any], m: ModelInstruments, extract: Any) -> Callable[..., Any]:
+    active_inc, active_dec = m.active.inc, m.active.dec
+    observe, success = m.duration.observe, m.success.inc
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if extract is not None:
+            _observe_batch(extract, m, args, kwargs)
+        active_inc()
+        start = perf_counter()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            observe(perf_counter() - start)
+            active_dec()
+            m.record_failure(_reason(exc))
+            raise
+        observe(perf_counter() - start)
+        active_dec()
+        success()
+        return result
+
+    return wrapper
+
+
+def _wrap_generator(fn: Callable[..., Any], m: ModelInstruments, extract: Any) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        if extract is not None:
+            _observe_batch(extract, m, args, kwargs)
+        m.active.inc()
+        start = perf_counter()
+        failure: str | None = None
+        try:
+            gen = fn(*args, **kwargs)
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            m.ttfb.observe(perf_counter() - start)
+            # Forward send/throw/close by hand: `yield from` would hide the first item's timing.
+            while True:
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    gen.close()
+                    raise
+                except BaseException as exc:
+                    try:
+                        item = gen.throw(exc)
+                    except StopIteration as stop:
+                        return stop.value
+                else:
+                    try:
+                        item = gen.send(sent)
+                    except StopIteration as stop:
+                        return stop.value
+        except BaseException as exc:
+            failure = _reason(exc)
+            raise
+        finally:
+            m.duration.observe(perf_counter() - start)
+            m.active.dec()
+            if failure is None:
+                m.success.inc()
+            else:
+                m.record_failure(failure)
+
+    return wrapper
+
+
+def _wrap_async_generator(
+    fn: Callable[..., Any], m: ModelInstruments, extract: Any
+) -> Callable[..., Any]:
+    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        if extract is not None:
+            _observe_batch(extract, m, args, kwargs)
+        m.active.inc()
+        start = perf_counter()
+        failure: str | None = None
+        try:
+            gen = fn(*args, **kwargs)
+            try:
+                item = await gen.__anext__()
+            except StopAsyncIteration:
+                return
+            m.ttfb.observe(perf_counter() - start)
+            while True:
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    await gen.aclose()
+                    raise
+                except BaseException as exc:
+                    try:
+                        item = await gen.athrow(exc)
+                    except StopAsyncIteration:
+                        return
+                else:
+                    try:
+                        item = await gen.asend(sent)
+                    except StopAsyncIteration:
+                        return
+        except BaseException as exc:
+            failure = _reason(exc)
+            raise
+        finally:
+            m.duration.observe(perf_counter() - start)
+            m.active.dec()
+            if failure is None:
+                m.success.inc()
+            else:
+                m.record_failure(failure)
+
+    return wrapper
+
+
+class track_inference:  # noqa: N801 - used like a function, as contextlib's helpers are
+    """Record a block of code as one inference: ``with track_inference("m") as t: ...``.
+
+    Set ``t.batch_size`` inside the block to record the items it handled; call
+    ``t.first_byte()`` when a streamed answer sends its first chunk. Works with ``async with``.
+    """
+
+    __slots__ = ("_m", "_start", "batch_size")
+
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str = "",
+        *,
+        batch_size: int | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._m = inference_metrics(registry).model(schema.SOURCE_APP, model_name, model_version)
+        self.batch_size = batch_size
+        self._start = 0.0
+
+    def first_byte(self) -> None:
+        """Mark the first chunk of a streamed answer (observes time to first byte)."""
+        self._m.ttfb.observe(perf_counter() - self._start)
+
+    def add_tokens(self, input: int = 0, output: int = 0) -> None:  # noqa: A002
+        """Count tokens read and generated (an LLM's usage report)."""
+        if input:
+            self._m.tokens_input.inc(input)
+        if output:
+            self._m.tokens_output.inc(output)
+
+    def __enter__(self) -> track_inference:
+        self._m.active.inc()
+        self._start = perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        m = self._m
+        m.duration.observe(perf_counter() - self._start)
+        m.active.dec()
+        if self.batch_size is not None:
+            m.batch_size.observe(self.batch_size)
+        if exc is None:
+            m.success.inc()
+        else:
+            m.record_failure(_reason(exc))
+
+    async def __aenter__(self) -> track_inference:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)

@@ -1,0 +1,414 @@
+"""The metric schema: every family inferwatch exposes, defined once.
+
+The decorators, the sidecar, the GPU collector and the generators (dashboards, rules,
+autoscaling) all read names, labels and buckets from here, so a rename cannot drift.
+Names follow Prometheus conventions: base units, ``_total`` on counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+Kind = Literal["counter", "gauge", "histogram"]
+MetricObject = Counter | Gauge | Histogram
+
+# --- label values -----------------------------------------------------------------------------
+
+SOURCE_SIDECAR = "sidecar"
+SOURCE_APP = "app"
+
+STATUS_SUCCESS = "success"
+STATUS_ERROR = "error"
+
+# model_inference_failures_total{reason}
+REASON_CLIENT_ERROR = "client_error"  # upstream answered 4xx
+REASON_SERVER_ERROR = "server_error"  # upstream answered 5xx
+REASON_TIMEOUT = "timeout"  # upstream too slow
+REASON_REJECTED = "rejected"  # admission queue full, or queue wait too long
+REASON_CANCELLED = "cancelled"  # the caller went away (client disconnect, task cancelled)
+REASON_UPSTREAM_UNAVAILABLE = "upstream_unavailable"  # could not connect
+REASON_EXCEPTION = "exception"  # in-process code raised
+FAILURE_REASONS = (
+    REASON_CLIENT_ERROR,
+    REASON_SERVER_ERROR,
+    REASON_TIMEOUT,
+    REASON_REJECTED,
+    REASON_CANCELLED,
+    REASON_UPSTREAM_UNAVAILABLE,
+    REASON_EXCEPTION,
+)
+# The reasons each layer can produce; their series are created at zero when a model is first
+# seen, so ratio queries have a series from the start (the others appear on first use).
+REASONS_BY_SOURCE: dict[str, tuple[str, ...]] = {
+    SOURCE_SIDECAR: (
+        REASON_CLIENT_ERROR,
+        REASON_SERVER_ERROR,
+        REASON_TIMEOUT,
+        REASON_REJECTED,
+        REASON_CANCELLED,
+        REASON_UPSTREAM_UNAVAILABLE,
+    ),
+    SOURCE_APP: (REASON_EXCEPTION, REASON_CANCELLED, REASON_REJECTED),
+}
+# Failures that are the serving side's fault: what an error-budget SLO counts.
+SERVER_SIDE_REASONS = (
+    REASON_SERVER_ERROR,
+    REASON_TIMEOUT,
+    REASON_REJECTED,
+    REASON_UPSTREAM_UNAVAILABLE,
+    REASON_EXCEPTION,
+)
+
+TOKEN_INPUT = "input"
+TOKEN_OUTPUT = "output"
+
+# Value that unbounded label values (model names from requests) fold into.
+OTHER = "other"
+UNKNOWN = "unknown"
+
+# --- buckets ----------------------------------------------------------------------------------
+
+# Latency buckets. Prometheus' histogram_quantile interpolates linearly inside a bucket, so the
+# error of a p95 estimate is bounded by the width of the bucket the p95 falls in. The seed's HPA
+# scales on p95 at a 100 ms target, so buckets are 10 ms wide from 50 to 120 ms and at most
+# 25 ms wide up to 200 ms: tests/test_schema.py shows the p95 estimate within 10% of the true p95
+# for lognormal latencies whose p95 lies anywhere in 50-200 ms (typically within 1-2%).
+# Coarser buckets cover 1 ms sidecar-fast paths up to minute-long generations.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.04,
+    0.05,
+    0.06,
+    0.07,
+    0.08,
+    0.09,
+    0.1,
+    0.11,
+    0.12,
+    0.135,
+    0.15,
+    0.175,
+    0.2,
+    0.25,
+    0.35,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+# Queue waits are usually short (a batch window of a few ms) but grow without bound when
+# saturated; the HPA acts on queue length, so resolution here matters less.
+QUEUE_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+# Time to first byte of a streamed answer (LLM time to first token): 1 ms to 2 minutes.
+TTFB_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+
+# Items per request or per executed batch: powers of two, 128 and above land in +Inf.
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family: what Prometheus will see, and how to create it."""
+
+    name: str  # the name a PromQL query uses (counters end in _total)
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+    unit: str = ""
+    # How gauges aggregate across processes in prometheus_client multiprocess mode.
+    multiprocess_mode: str = "livesum"
+
+    def create(self, registry: CollectorRegistry | None) -> MetricObject:
+        """Create this family on ``registry`` (``None``: create unregistered)."""
+        if self.kind == "counter":
+            return Counter(self.name, self.help, self.labels, registry=registry)
+        if self.kind == "gauge":
+            return Gauge(
+                self.name,
+                self.help,
+                self.labels,
+                registry=registry,
+                multiprocess_mode=self.multiprocess_mode,  # type: ignore[arg-type]
+            )
+        assert self.buckets is not None, self.name
+        return Histogram(self.name, self.help, self.labels, registry=registry, buckets=self.buckets)
+
+    @property
+    def bucket(self) -> str:
+        """The ``_bucket`` series of a histogram, for PromQL."""
+        assert self.kind == "histogram", self.name
+        return self.name + "_bucket"
+
+    @property
+    def count(self) -> str:
+        assert self.kind == "histogram", self.name
+        return self.name + "_count"
+
+    @property
+    def sum(self) -> str:
+        assert self.kind == "histogram", self.name
+        return self.name + "_sum"
+
+
+# --- inference families -----------------------------------------------------------------------
+
+INFERENCE_TOTAL = Family(
+    "model_inference_total",
+    "counter",
+    "Inference requests completed, by outcome.",
+    ("source", "model_name", "model_version", "status"),
+)
+INFERENCE_FAILURES = Family(
+    "model_inference_failures_total",
+    "counter",
+    "Inference requests that failed, by reason.",
+    ("source", "model_name", "model_version", "reason"),
+)
+INFERENCE_DURATION = Family(
+    "model_inference_duration_seconds",
+    "histogram",
+    "Inference latency: from arrival (sidecar) or call (app) to the last byte or return.",
+    ("source", "model_name", "model_version"),
+    LATENCY_BUCKETS,
+    unit="seconds",
+)
+QUEUE_DURATION = Family(
+    "model_inference_queue_duration_seconds",
+    "histogram",
+    "Time an inference waited for admission (sidecar) or for its batch to run (app).",
+    ("source", "model_name"),
+    QUEUE_BUCKETS,
+    unit="seconds",
+)
+TIME_TO_FIRST_BYTE = Family(
+    "model_inference_time_to_first_byte_seconds",
+    "histogram",
+    "Time to the first chunk of a streamed answer (first token for LLMs).",
+    ("source", "model_name", "model_version"),
+    TTFB_BUCKETS,
+    unit="seconds",
+)
+BATCH_SIZE = Family(
+    "model_batch_size",
+    "histogram",
+    "Items per inference: in the request (sidecar) or in the executed batch (app).",
+    ("source", "model_name"),
+    BATCH_SIZE_BUCKETS,
+)
+ACTIVE_REQUESTS = Family(
+    "model_active_requests",
+    "gauge",
+    "Inference requests in flight.",
+    ("source", "model_name"),
+)
+QUEUE_LENGTH = Family(
+    "model_inference_queue_length",
+    "gauge",
+    "Inference requests waiting to run.",
+    ("source", "model_name"),
+)
+TOKENS = Family(
+    "model_inference_tokens_total",
+    "counter",
+    "Tokens processed, from OpenAI-style usage reports.",
+    ("source", "model_name", "type"),
+)
+
+INFERENCE_FAMILIES: tuple[Family, ...] = (
+    INFERENCE_TOTAL,
+    INFERENCE_FAILURES,
+    INFERENCE_DURATION,
+    QUEUE_DURATION,
+    TIME_TO_FIRST_BYTE,
+    BATCH_SIZE,
+    ACTIVE_REQUESTS,
+    QUEUE_LENGTH,
+    TOKENS,
+)
+
+# --- GPU families (NVML) ----------------------------------------------------------------------
+
+GPU_LABELS = ("gpu", "uuid", "name")
+
+GPU_UTILIZATION = Family(
+    "gpu_utilization_ratio",
+    "gauge",
+    "Fraction of the last sample period a kernel was running on the GPU (0-1).",
+    GPU_LABELS,
+)
+GPU_MEMORY_COPY_UTILIZATION = Family(
+    "gpu_memory_copy_utilization_ratio",
+    "gauge",
+    "Fraction of the last sample period device memory was being read or written (0-1).",
+    GPU_LABELS,
+)
+GPU_MEMORY_USED = Family(
+    "gpu_memory_used_bytes", "gauge", "GPU memory in use.", GPU_LABELS, unit="bytes"
+)
+GPU_MEMORY_TOTAL = Family(
+    "gpu_memory_total_bytes", "gauge", "GPU memory installed.", GPU_LABELS, unit="bytes"
+)
+GPU_MEMORY_FREE = Family(
+    "gpu_memory_free_bytes", "gauge", "GPU memory free.", GPU_LABELS, unit="bytes"
+)
+GPU_TEMPERATURE = Family(
+    "gpu_temperature_celsius", "gauge", "GPU core temperature.", GPU_LABELS, unit="celsius"
+)
+GPU_POWER_USAGE = Family(
+    "gpu_power_usage_watts", "gauge", "GPU power draw.", GPU_LABELS, unit="watts"
+)
+GPU_POWER_LIMIT = Family(
+    "gpu_power_limit_watts", "gauge", "GPU power management limit.", GPU_LABELS, unit="watts"
+)
+GPU_SM_CLOCK = Family(
+    "gpu_sm_clock_hertz", "gauge", "GPU streaming multiprocessor clock.", GPU_LABELS, unit="hertz"
+)
+GPU_MEMORY_CLOCK = Family(
+    "gpu_memory_clock_hertz", "gauge", "GPU memory clock.", GPU_LABELS, unit="hertz"
+)
+GPU_ENERGY = Family(
+    "gpu_energy_joules_total",
+    "counter",
+    "Energy consumed by the GPU since the driver was loaded.",
+    GPU_LABELS,
+    unit="joules",
+)
+GPU_PCIE_REPLAY = Family(
+    "gpu_pcie_replay_total", "counter", "PCIe replay events (link errors).", GPU_LABELS
+)
+GPU_ECC_ERRORS = Family(
+    "gpu_ecc_errors_total",
+    "counter",
+    "ECC memory errors since the driver was loaded, by type (corrected, uncorrected).",
+    (*GPU_LABELS, "type"),
+)
+GPU_THROTTLED = Family(
+    "gpu_clock_throttled",
+    "gauge",
+    "1 while the GPU's clocks are held down for this reason, else 0.",
+    (*GPU_LABELS, "reason"),
+)
+GPU_PROCESS_MEMORY = Family(
+    "gpu_process_memory_used_bytes",
+    "gauge",
+    "GPU memory used by one process.",
+    (*GPU_LABELS, "pid"),
+    unit="bytes",
+)
+GPU_SAMPLE_AGE = Family(
+    "gpu_sample_age_seconds",
+    "gauge",
+    "Seconds since the GPU values exposed were read from NVML.",
+    GPU_LABELS,
+    unit="seconds",
+)
+GPU_COLLECTOR_ERRORS = Family(
+    "gpu_collector_errors_total",
+    "counter",
+    "NVML calls that failed, by reason.",
+    ("reason",),
+)
+
+GPU_FAMILIES: tuple[Family, ...] = (
+    GPU_UTILIZATION,
+    GPU_MEMORY_COPY_UTILIZATION,
+    GPU_MEMORY_USED,
+    GPU_MEMORY_TOTAL,
+    GPU_MEMORY_FREE,
+    GPU_TEMPERATURE,
+    GPU_POWER_USAGE,
+    GPU_POWER_LIMIT,
+    GPU_SM_CLOCK,
+    GPU_MEMORY_CLOCK,
+    GPU_ENERGY,
+    GPU_PCIE_REPLAY,
+    GPU_ECC_ERRORS,
+    GPU_THROTTLED,
+    GPU_PROCESS_MEMORY,
+    GPU_SAMPLE_AGE,
+    GPU_COLLECTOR_ERRORS,
+)
+
+# --- inferwatch's own families ----------------------------------------------------------------
+
+UPSTREAM_UP = Family(
+    "inferwatch_upstream_up",
+    "gauge",
+    "1 when the sidecar's upstream answers its readiness check, else 0.",
+)
+BUILD_INFO = Family(
+    "inferwatch_build_info",
+    "gauge",
+    "Always 1; the inferwatch version in a label.",
+    ("version",),
+    multiprocess_mode="max",
+)
+
+OWN_FAMILIES: tuple[Family, ...] = (UPSTREAM_UP, BUILD_INFO)
+
+FAMILIES: tuple[Family, ...] = INFERENCE_FAMILIES + GPU_FAMILIES + OWN_FAMILIES
+
+
+def families() -> Iterator[Family]:
+    """Every family of the schema, in a stable order."""
+    return iter(FAMILIES)
+
+
+def by_name(name: str) -> Family:
+    """The family a PromQL name belongs to (``_bucket``/``_count``/``_sum`` accepted)."""
+    for family in FAMILIES:
+        if name == family.name or (
+            family.kind == "histogram" and name in (family.bucket, family.count, family.sum)
+        ):
+            return family
+    raise KeyError(name)
