@@ -40,6 +40,9 @@ def count_items(value: Any) -> int | None:
     A string or bytes is one item, not its characters; a mapping has no batch dimension we
     can trust (its length counts keys), and neither has a scalar.
     """
+    kind = type(value)
+    if kind is list or kind is tuple:  # the common case first: no ABC isinstance checks
+        return len(value)
     if isinstance(value, (str, bytes, bytearray)):
         return 1
     if isinstance(value, Mapping):
@@ -78,9 +81,7 @@ def _batch_extractor(
         user = batch_size
         return lambda args, kwargs: user(*args, **kwargs)
     if batch_size is not None:
-        raise TypeError(
-            f"batch_size must be an int, a callable, None or False; got {batch_size!r}"
-        )
+        raise TypeError(f"batch_size must be an int, a callable, None or False; got {batch_size!r}")
     position, name = _first_data_parameter(func)
 
     def default(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
@@ -189,7 +190,9 @@ def _wrap_function(fn: Callable[..., Any], m: ModelInstruments, extract: Any) ->
     return wrapper
 
 
-def _wrap_coroutine(fn: Callable[..., Any], m: ModelInstruments, extract: Any) -> Callable[..., Any]:
+def _wrap_coroutine(
+    fn: Callable[..., Any], m: ModelInstruments, extract: Any
+) -> Callable[..., Any]:
     active_inc, active_dec = m.active.inc, m.active.dec
     observe, success = m.duration.observe, m.success.inc
 
@@ -213,7 +216,9 @@ def _wrap_coroutine(fn: Callable[..., Any], m: ModelInstruments, extract: Any) -
     return wrapper
 
 
-def _wrap_generator(fn: Callable[..., Any], m: ModelInstruments, extract: Any) -> Callable[..., Any]:
+def _wrap_generator(
+    fn: Callable[..., Any], m: ModelInstruments, extract: Any
+) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         if extract is not None:
             _observe_batch(extract, m, args, kwargs)
@@ -304,7 +309,7 @@ def _wrap_async_generator(
     return wrapper
 
 
-class track_inference:  # noqa: N801 - used like a function, as contextlib's helpers are
+class track_inference:
     """Record a block of code as one inference: ``with track_inference("m") as t: ...``.
 
     Set ``t.batch_size`` inside the block to record the items it handled; call
@@ -329,7 +334,7 @@ class track_inference:  # noqa: N801 - used like a function, as contextlib's hel
         """Mark the first chunk of a streamed answer (observes time to first byte)."""
         self._m.ttfb.observe(perf_counter() - self._start)
 
-    def add_tokens(self, input: int = 0, output: int = 0) -> None:  # noqa: A002
+    def add_tokens(self, input: int = 0, output: int = 0) -> None:
         """Count tokens read and generated (an LLM's usage report)."""
         if input:
             self._m.tokens_input.inc(input)

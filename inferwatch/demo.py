@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import time
 import urllib.request
@@ -41,10 +42,8 @@ async def _drive(calls: int) -> None:
         batch = ["good day"] * rng.randint(1, 8)
         if i % 10 == 9:
             batch.append("")  # an error now and then
-        try:
+        with contextlib.suppress(ValueError):
             model.predict(batch)
-        except ValueError:
-            pass
         async for _ in generate("stream these few words"):
             pass
         with track_inference("ranker", "2") as t:
@@ -80,10 +79,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nFull scrape (with histogram buckets): curl {url}")
         if args.duration > 0:
             print(f"Serving for {args.duration:.0f} s; Ctrl-C to stop.")
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 time.sleep(args.duration)
-            except KeyboardInterrupt:
-                pass
     finally:
         server.close()
     return 0

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -21,7 +20,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 def multiprocess_dir() -> str | None:
     """The multiprocess directory when multiprocess mode is on, else ``None``."""
-    return os.environ.get(MULTIPROC_ENV) or os.environ.get("prometheus_multiproc_dir") or None
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 def scrape_registry(registry: CollectorRegistry | None = None) -> Collector:
@@ -59,5 +58,7 @@ def start_metrics_server(
 
 
 def metrics_handler(registry: CollectorRegistry | None = None) -> Any:
-    """An aiohttp handler for ``/metrics``: ``app.router.add_get("/metrics", metrics_handler())``."""
+    """An aiohttp handler: ``app.router.add_get("/metrics", metrics_handler())``."""
+    from prometheus_client.aiohttp import make_aiohttp_handler  # imports aiohttp: only if used
+
     return make_aiohttp_handler(scrape_registry(registry))

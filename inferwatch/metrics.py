@@ -91,8 +91,8 @@ class InferenceMetrics:
         self.active = created[schema.ACTIVE_REQUESTS.name]
         self.queue_length = created[schema.QUEUE_LENGTH.name]
         self.tokens = created[schema.TOKENS.name]
-        self.build_info = schema.BUILD_INFO.create(registry)
-        self.build_info.labels(__version__).set(1)
+        build_info = schema.BUILD_INFO.create(registry)
+        build_info.labels(__version__).set(1)  # type: ignore[union-attr]
         self._models: dict[tuple[str, str, str], ModelInstruments] = {}
         self._lock = threading.Lock()
 
