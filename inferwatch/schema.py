@@ -77,8 +77,9 @@ UNKNOWN = "unknown"
 # scales on p95 at a 100 ms target: tests/test_schema.py shows the p95 estimate within 7% of the
 # true p95 for lognormal latencies whose p95 lies anywhere in 50-200 ms, however narrow or wide
 # the distribution (sigma 0.05 to 1), and within 4% for sigma >= 0.1. In the same sweep the
-# seed's buckets (.01, .05, .1, .5, 1, 2, 5) are off by up to 324%, client_python's defaults 116%. Coarser buckets cover 1 ms fast
-# paths up to minute-long generations; 34 series per histogram child in all.
+# seed's buckets (.01, .05, .1, .5, 1, 2, 5) are off by up to 324%, client_python's defaults
+# by 116%. Coarser buckets cover 1 ms fast paths up to minute-long generations; 34 series per
+# histogram child in all.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001,
     0.0025,
