@@ -3,11 +3,13 @@
 from inferwatch._version import __version__
 from inferwatch.decorators import monitor_inference, track_inference
 from inferwatch.exposition import metrics_handler, start_metrics_server
+from inferwatch.gpu import start_gpu_metrics
 
 __all__ = [
     "__version__",
     "metrics_handler",
     "monitor_inference",
+    "start_gpu_metrics",
     "start_metrics_server",
     "track_inference",
 ]

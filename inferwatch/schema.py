@@ -305,7 +305,11 @@ GPU_MEMORY_USED = Family(
     "gpu_memory_used_bytes", "gauge", "GPU memory in use.", GPU_LABELS, unit="bytes"
 )
 GPU_MEMORY_TOTAL = Family(
-    "gpu_memory_total_bytes", "gauge", "GPU memory installed.", GPU_LABELS, unit="bytes"
+    "gpu_memory_total_bytes",
+    "gauge",
+    "GPU memory installed (a MIG device: its instance's share).",
+    GPU_LABELS,
+    unit="bytes",
 )
 GPU_MEMORY_FREE = Family(
     "gpu_memory_free_bytes", "gauge", "GPU memory free.", GPU_LABELS, unit="bytes"
@@ -350,7 +354,7 @@ GPU_THROTTLED = Family(
 GPU_PROCESS_MEMORY = Family(
     "gpu_process_memory_used_bytes",
     "gauge",
-    "GPU memory used by one process.",
+    "GPU memory used by a process of this pod or host (pid other: the rest, past the limit).",
     (*GPU_LABELS, "pid"),
     unit="bytes",
 )
@@ -364,7 +368,7 @@ GPU_SAMPLE_AGE = Family(
 GPU_COLLECTOR_ERRORS = Family(
     "gpu_collector_errors_total",
     "counter",
-    "NVML calls that failed, by reason.",
+    "NVML calls that failed, and NVML, its driver or a GPU missing at start, by reason.",
     ("reason",),
 )
 
@@ -403,7 +407,27 @@ BUILD_INFO = Family(
     multiprocess_mode="max",
 )
 
-OWN_FAMILIES: tuple[Family, ...] = (UPSTREAM_UP, BUILD_INFO)
+# inferwatch_upstream_scrape_errors_total{reason}: why the upstream's /metrics was left out
+SCRAPE_UNREACHABLE = "unreachable"  # connection refused, reset, DNS
+SCRAPE_TIMEOUT = "timeout"  # no complete answer within the scrape timeout
+SCRAPE_HTTP_STATUS = "http_status"  # answered, but not 200
+SCRAPE_INVALID = "invalid"  # not a parseable text or OpenMetrics exposition
+SCRAPE_TOO_LARGE = "too_large"  # larger than the sidecar will buffer
+SCRAPE_ERROR_REASONS = (
+    SCRAPE_UNREACHABLE,
+    SCRAPE_TIMEOUT,
+    SCRAPE_HTTP_STATUS,
+    SCRAPE_INVALID,
+    SCRAPE_TOO_LARGE,
+)
+UPSTREAM_SCRAPE_ERRORS = Family(
+    "inferwatch_upstream_scrape_errors_total",
+    "counter",
+    "Scrapes of the upstream's /metrics that failed, by reason; the sidecar's own still served.",
+    ("reason",),
+)
+
+OWN_FAMILIES: tuple[Family, ...] = (UPSTREAM_UP, BUILD_INFO, UPSTREAM_SCRAPE_ERRORS)
 
 FAMILIES: tuple[Family, ...] = INFERENCE_FAMILIES + GPU_FAMILIES + OWN_FAMILIES
 
