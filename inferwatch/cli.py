@@ -20,6 +20,7 @@ from inferwatch._version import __version__
 COMMANDS: dict[str, str] = {
     "demo": "inferwatch.demo",
     "gpu": "inferwatch.gpu_cli",
+    "serve": "inferwatch.server.cli",
 }
 
 

@@ -1,0 +1,385 @@
+"""The aiohttp application: routes for each protocol, JSON errors, readiness, drain.
+
+Every model gets a :class:`~inferwatch.batching.DynamicBatcher`; the models of one device
+share one worker thread. Readiness turns true once every model ran each warm-up batch size.
+On shutdown (aiohttp's ``on_shutdown``, which runs after the listening socket closed and
+before in-flight handlers are awaited) the batchers stop accepting and finish their queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from inferwatch._version import __version__
+from inferwatch.batching import BatcherClosed, DynamicBatcher, Overloaded
+from inferwatch.exposition import metrics_handler
+from inferwatch.server import protocol
+from inferwatch.server.models import (
+    MODEL_SIZES,
+    ImageRunner,
+    ModelRunner,
+    TextRunner,
+    resolve_device,
+)
+from inferwatch.server.protocol import RequestError
+
+log = logging.getLogger(__name__)
+
+TEXT_MODEL = "text-classifier"
+IMAGE_MODEL = "image-classifier"
+MODEL_VERSION = "1"
+
+
+@dataclass
+class ServerConfig:
+    """What ``inferwatch serve`` configures; see its ``--help`` for each field."""
+
+    device: str = "auto"
+    model_size: str = "small"
+    max_batch_size: int = 32
+    max_queue_delay: float = 0.005
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024
+    max_request_items: int = 256
+    max_body_bytes: int = 32 * 1024 * 1024
+    weights: dict[str, str] = field(default_factory=dict)  # model name -> state dict file
+    gpu_metrics_interval: float = 5.0
+
+    def warm_up_sizes(self) -> list[int]:
+        return sorted({1, self.max_batch_size, *self.preferred_batch_sizes})
+
+
+def build_runners(config: ServerConfig) -> list[ModelRunner]:
+    """The served models on the configured device (raises ValueError on a bad config)."""
+    if config.model_size not in MODEL_SIZES:
+        raise ValueError(
+            f"model size must be one of {sorted(MODEL_SIZES)}, got {config.model_size!r}"
+        )
+    unknown = set(config.weights) - {TEXT_MODEL, IMAGE_MODEL}
+    if unknown:
+        raise ValueError(
+            f"--weights names unknown models {sorted(unknown)}; "
+            f"the models are {TEXT_MODEL} and {IMAGE_MODEL}"
+        )
+    device = resolve_device(config.device)
+    text_config, image_config = MODEL_SIZES[config.model_size]
+    return [
+        TextRunner(TEXT_MODEL, MODEL_VERSION, text_config, device, config.weights.get(TEXT_MODEL)),
+        ImageRunner(
+            IMAGE_MODEL, MODEL_VERSION, image_config, device, config.weights.get(IMAGE_MODEL)
+        ),
+    ]
+
+
+class ModelServer:
+    """The models, their batchers and the server's state (ready, draining)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        runners: Sequence[ModelRunner],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.runners = {runner.name: runner for runner in runners}
+        # One worker thread per device: batches of models on one device take turns on it.
+        self.executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        self.batchers: dict[str, DynamicBatcher[Any, list[float]]] = {}
+        for runner in runners:
+            device = str(runner.device)
+            if device not in self.executors:
+                self.executors[device] = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"model-{device}"
+                )
+            self.batchers[runner.name] = DynamicBatcher(
+                runner.predict_batch,
+                model_name=runner.name,
+                model_version=runner.version,
+                max_batch_size=config.max_batch_size,
+                max_queue_delay=config.max_queue_delay,
+                preferred_batch_sizes=config.preferred_batch_sizes,
+                max_queue_size=config.max_queue_size,
+                executor=self.executors[device],
+                registry=registry,
+            )
+        self.ready = False
+        self.draining = False
+        self._warm_up: asyncio.Task[None] | None = None
+        self._gpu_metrics: Any = None
+
+    def runner(self, name: str, version: str | None = None) -> ModelRunner:
+        runner = self.runners.get(name)
+        if runner is None:
+            raise RequestError(
+                f"unknown model {name!r}; this server has {sorted(self.runners)}",
+                reason="unknown_model",
+                status=404,
+            )
+        if version is not None and version != runner.version:
+            raise RequestError(
+                f"model {name!r} has no version {version!r}; it has {runner.version!r}",
+                reason="unknown_version",
+                status=404,
+            )
+        return runner
+
+    async def start(self) -> None:
+        self._warm_up = asyncio.get_running_loop().create_task(self._warm_up_models())
+
+    async def _warm_up_models(self) -> None:
+        loop = asyncio.get_running_loop()
+        sizes = self.config.warm_up_sizes()
+        for runner in self.runners.values():
+            executor = self.executors[str(runner.device)]
+            try:
+                await loop.run_in_executor(executor, runner.warm_up, sizes)
+            except Exception:
+                # Stay unready: readiness probes keep traffic away from a model that cannot run.
+                log.exception("model %s failed its warm-up; the server stays unready", runner.name)
+                return
+            log.info(
+                "model %s warmed up on %s with batch sizes %s", runner.name, runner.device, sizes
+            )
+        if any(runner.cuda for runner in self.runners.values()):
+            self.start_gpu_metrics()
+        self.ready = not self.draining
+
+    def start_gpu_metrics(self) -> None:
+        """Serve the GPU families on this server's registry (called once models are on CUDA)."""
+        try:
+            from inferwatch.gpu import start_gpu_metrics
+        except ImportError as exc:  # nvidia-ml-py missing: serve without GPU stats
+            log.warning("no GPU metrics on /metrics: %s", exc)
+            return
+        try:
+            self._gpu_metrics = start_gpu_metrics(
+                registry=self.registry, interval=self.config.gpu_metrics_interval
+            )
+        except Exception:
+            log.exception("GPU metrics could not start; serving without them")
+
+    async def infer(self, runner: ModelRunner, items: list[Any]) -> list[list[float]]:
+        if not self.ready:
+            raise RequestError(
+                "the server is shutting down" if self.draining else "models are warming up",
+                reason="shutting_down" if self.draining else "not_ready",
+                status=503,
+            )
+        batcher = self.batchers[runner.name]
+        try:
+            if len(items) == 1:  # the common case, without gathering
+                return [await batcher.submit(items[0])]
+            return await batcher.submit_many(items)
+        except Overloaded as exc:
+            raise RequestError(str(exc), reason="overloaded", status=503) from exc
+        except BatcherClosed as exc:
+            raise RequestError(str(exc), reason="shutting_down", status=503) from exc
+        except Exception as exc:
+            log.warning("model %s failed a batch: %r", runner.name, exc)
+            raise RequestError(
+                f"model {runner.name!r} failed: {type(exc).__name__}: {exc}",
+                reason="model_error",
+                status=500,
+            ) from exc
+
+    async def drain(self) -> None:
+        """Stop accepting inferences and finish every queued one."""
+        self.draining = True
+        self.ready = False
+        if self._warm_up is not None and not self._warm_up.done():
+            await asyncio.shield(self._warm_up)
+        await asyncio.gather(*(batcher.close() for batcher in self.batchers.values()))
+
+    def close(self) -> None:
+        for executor in self.executors.values():
+            executor.shutdown(wait=True)
+        if self._gpu_metrics is not None:
+            self._gpu_metrics.close()
+
+
+SERVER_KEY = web.AppKey("model_server", ModelServer)
+
+
+def _error(status: int, message: str, reason: str) -> web.Response:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return web.json_response({"error": message, "reason": reason}, status=status, headers=headers)
+
+
+_HTTP_REASONS = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return _error(exc.status, exc.message, exc.reason)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"no endpoint at {request.path}"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        else:
+            message = exc.text or exc.reason
+        return _error(exc.status, message, _HTTP_REASONS.get(exc.status, "http_error"))
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise RequestError("the request has no body; send a JSON object", reason="invalid_json")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"the body is not valid JSON: {exc}", reason="invalid_json") from exc
+
+
+def _server(request: web.Request) -> ModelServer:
+    return request.app[SERVER_KEY]
+
+
+# --- Open Inference Protocol v2 -------------------------------------------------------------
+
+
+async def v2_server_metadata(request: web.Request) -> web.Response:
+    return web.json_response({"name": "inferwatch", "version": __version__, "extensions": []})
+
+
+async def v2_live(request: web.Request) -> web.Response:
+    return web.json_response({"live": True})
+
+
+async def v2_ready(request: web.Request) -> web.Response:
+    ready = _server(request).ready
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+async def v2_model_metadata(request: web.Request) -> web.Response:
+    server = _server(request)
+    runner = server.runner(request.match_info["model"], request.match_info.get("version"))
+    return web.json_response(protocol.v2_model_metadata(runner))
+
+
+async def v2_model_ready(request: web.Request) -> web.Response:
+    server = _server(request)
+    runner = server.runner(request.match_info["model"], request.match_info.get("version"))
+    body = {"name": runner.name, "ready": server.ready}
+    return web.json_response(body, status=200 if server.ready else 503)
+
+
+async def v2_infer(request: web.Request) -> web.Response:
+    server = _server(request)
+    runner = server.runner(request.match_info["model"], request.match_info.get("version"))
+    parsed = protocol.parse_v2(await _json_body(request), runner, server.config.max_request_items)
+    rows = await server.infer(runner, parsed.items)
+    return web.json_response(protocol.v2_response(runner, parsed, rows))
+
+
+# --- KServe V1 / TF Serving -------------------------------------------------------------------
+
+
+async def v1_model_ready(request: web.Request) -> web.Response:
+    server = _server(request)
+    runner = server.runner(request.match_info["model"], request.match_info.get("version"))
+    body = {"name": runner.name, "ready": server.ready}
+    return web.json_response(body, status=200 if server.ready else 503)
+
+
+async def v1_predict(request: web.Request) -> web.Response:
+    server = _server(request)
+    runner = server.runner(request.match_info["model"], request.match_info.get("version"))
+    items, top_k = protocol.parse_v1(
+        await _json_body(request), runner, server.config.max_request_items
+    )
+    rows = await server.infer(runner, items)
+    return web.json_response(
+        {"predictions": [protocol.prediction(runner, row, top_k) for row in rows]}
+    )
+
+
+# --- the seed's endpoints ---------------------------------------------------------------------
+
+
+def _text_runner(server: ModelServer) -> TextRunner:
+    runner = server.runner(TEXT_MODEL)
+    assert isinstance(runner, TextRunner)
+    return runner
+
+
+async def predict(request: web.Request) -> web.Response:
+    server = _server(request)
+    runner = _text_runner(server)
+    item, top_k = protocol.parse_predict(await _json_body(request), runner)
+    rows = await server.infer(runner, [item])
+    return web.json_response(protocol.prediction(runner, rows[0], top_k))
+
+
+async def batch_predict(request: web.Request) -> web.Response:
+    server = _server(request)
+    runner = _text_runner(server)
+    items, top_k = protocol.parse_batch_predict(
+        await _json_body(request), runner, server.config.max_request_items
+    )
+    rows = await server.infer(runner, items)
+    return web.json_response(
+        {"predictions": [protocol.prediction(runner, row, top_k) for row in rows]}
+    )
+
+
+def create_app(
+    config: ServerConfig | None = None,
+    registry: CollectorRegistry | None = None,
+    runners: Sequence[ModelRunner] | None = None,
+) -> web.Application:
+    """The server's application; ``runners`` default to :func:`build_runners` of ``config``."""
+    config = config or ServerConfig()
+    server = ModelServer(config, build_runners(config) if runners is None else runners, registry)
+    app = web.Application(middlewares=[_json_errors], client_max_size=config.max_body_bytes)
+    app[SERVER_KEY] = server
+
+    async def on_startup(app: web.Application) -> None:
+        await server.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await server.drain()
+
+    async def on_cleanup(app: web.Application) -> None:
+        server.close()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+
+    r = app.router
+    r.add_get("/v2", v2_server_metadata)
+    r.add_get("/v2/health/live", v2_live)
+    r.add_get("/v2/health/ready", v2_ready)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        r.add_get(prefix, v2_model_metadata)
+        r.add_get(prefix + "/ready", v2_model_ready)
+        r.add_post(prefix + "/infer", v2_infer)
+    for prefix in ("/v1/models/{model}", "/v1/models/{model}/versions/{version}"):
+        r.add_get(prefix, v1_model_ready)
+        r.add_post(prefix + ":predict", v1_predict)
+    r.add_post("/predict", predict)
+    r.add_post("/batch_predict", batch_predict)
+    r.add_get("/metrics", metrics_handler(registry))
+    return app

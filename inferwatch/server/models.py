@@ -1,0 +1,302 @@
+"""The served networks and the runners that execute a batch of them on one device.
+
+Two models, so the metrics show more than one ``model_name``: a transformer text classifier
+over UTF-8 bytes (no tokenizer to download) and a small image CNN. Weights are random with a
+fixed seed, or a state dict from a file; nothing is downloaded. Runners are called from the
+device's worker thread with a list of items and return one list of class probabilities per
+item; padding masks make an item's answer independent of its batch-mates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+TEXT_LABELS = (
+    "business",
+    "entertainment",
+    "health",
+    "politics",
+    "science",
+    "sports",
+    "technology",
+    "world",
+)
+IMAGE_LABELS = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+# Byte-level vocabulary: 256 byte values, then padding and a leading classification token
+# (which also gives an empty text one position to attend to).
+PAD_TOKEN = 256
+CLS_TOKEN = 257
+VOCAB_SIZE = 258
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    width: int = 128
+    heads: int = 4
+    layers: int = 2
+    feedforward: int = 256
+    max_length: int = 128  # bytes per text; longer texts are truncated
+    labels: tuple[str, ...] = TEXT_LABELS
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    channels: int = 3
+    size: int = 32  # images are channels x size x size, float32
+    width: int = 32
+    labels: tuple[str, ...] = IMAGE_LABELS
+
+
+# Presets for `--model-size`: tiny keeps the tests fast on two CPU cores; base gives a GPU
+# enough work per batch for batching to matter.
+MODEL_SIZES: dict[str, tuple[TextConfig, ImageConfig]] = {
+    "tiny": (
+        TextConfig(width=32, heads=2, layers=1, feedforward=64, max_length=64),
+        ImageConfig(width=8),
+    ),
+    "small": (TextConfig(), ImageConfig()),
+    "base": (
+        TextConfig(width=512, heads=8, layers=6, feedforward=2048, max_length=128),
+        ImageConfig(width=64),
+    ),
+}
+
+
+class TextClassifier(nn.Module):
+    """Byte embeddings, a transformer encoder, masked mean pooling, a linear head."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(VOCAB_SIZE, config.width, padding_idx=PAD_TOKEN)
+        self.position = nn.Embedding(config.max_length + 1, config.width)
+        layer = nn.TransformerEncoderLayer(
+            config.width, config.heads, config.feedforward, dropout=0.0, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.width)
+        self.head = nn.Linear(config.width, len(config.labels))
+
+    def forward(self, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        hidden = self.embed(tokens) + self.position(positions)
+        hidden = self.encoder(hidden, src_key_padding_mask=padding)
+        keep = (~padding).unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * keep).sum(1) / keep.sum(1)
+        result: torch.Tensor = self.head(self.norm(pooled))
+        return result
+
+
+class ImageClassifier(nn.Module):
+    """Three conv blocks, global average pooling, a linear head."""
+
+    def __init__(self, config: ImageConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.features = nn.Sequential(
+            nn.Conv2d(config.channels, w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(4 * w, len(config.labels))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = self.head(self.features(images).flatten(1))
+        return result
+
+
+def encode_text(text: str, max_length: int) -> bytes:
+    """The byte tokens of ``text`` (UTF-8), truncated to ``max_length``."""
+    return text.encode("utf-8", errors="replace")[:max_length]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when a GPU is usable, else the CPU; ``cuda`` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__}, "
+            f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu or auto"
+        )
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)
+
+
+def load_state_dict(module: nn.Module, path: str | Path) -> None:
+    """Load weights saved with ``torch.save(model.state_dict(), path)``; a clear error if not."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"cannot read weights from {path}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"weights in {path} do not fit {type(module).__name__}: {exc}") from exc
+
+
+class ModelRunner:
+    """One model on one device: turns a list of items into a list of probability rows.
+
+    ``predict_batch`` runs on the device's worker thread. On CUDA, inputs go through pinned
+    host memory with non-blocking copies and the forward pass runs under autocast (bf16 where
+    supported, else fp16); probabilities are computed in float32 either way.
+    """
+
+    kind = ""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        module: nn.Module,
+        labels: Sequence[str],
+        device: torch.device,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.labels = tuple(labels)
+        self.device = device
+        self.module = module.to(device).eval()
+        self.cuda = device.type == "cuda"
+        self.amp_dtype: torch.dtype | None = None
+        if self.cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.cuda:
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _forward(self, items: Sequence[Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_batch(self, items: Sequence[Any]) -> list[list[float]]:
+        with torch.inference_mode():
+            if self.amp_dtype is not None:
+                with torch.autocast("cuda", dtype=self.amp_dtype):
+                    logits = self._forward(items)
+            else:
+                logits = self._forward(items)
+            probabilities = logits.float().softmax(-1).cpu()
+        rows: list[list[float]] = probabilities.tolist()
+        return rows
+
+    def example_item(self) -> Any:
+        raise NotImplementedError
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+        """Run each batch size once, so first requests don't pay for allocation and autotuning."""
+        for size in batch_sizes:
+            self.predict_batch([self.example_item()] * size)
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+
+class TextRunner(ModelRunner):
+    """Items are the UTF-8 bytes of one text (see :func:`encode_text`)."""
+
+    kind = "text"
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        config: TextConfig,
+        device: torch.device,
+        weights: str | Path | None = None,
+    ) -> None:
+        module = build_text_model(config)
+        if weights is not None:
+            load_state_dict(module, weights)
+        super().__init__(name, version, module, config.labels, device)
+        self.config = config
+
+    def _forward(self, items: Sequence[bytes]) -> torch.Tensor:
+        length = 1 + max(len(item) for item in items)
+        tokens = torch.full((len(items), length), PAD_TOKEN, dtype=torch.long)
+        tokens[:, 0] = CLS_TOKEN
+        for row, item in enumerate(items):
+            if item:
+                tokens[row, 1 : 1 + len(item)] = torch.tensor(list(item), dtype=torch.long)
+        padding = tokens == PAD_TOKEN
+        return self.module(self._to_device(tokens), self._to_device(padding))
+
+    def example_item(self) -> bytes:
+        return b"x" * self.config.max_length
+
+
+class ImageRunner(ModelRunner):
+    """Items are float32 tensors of shape (channels, size, size)."""
+
+    kind = "image"
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        config: ImageConfig,
+        device: torch.device,
+        weights: str | Path | None = None,
+    ) -> None:
+        module = build_image_model(config)
+        if weights is not None:
+            load_state_dict(module, weights)
+        super().__init__(name, version, module, config.labels, device)
+        self.config = config
+
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        return (self.config.channels, self.config.size, self.config.size)
+
+    def _forward(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.module(self._to_device(torch.stack(list(items))))
+
+    def example_item(self) -> torch.Tensor:
+        return torch.zeros(self.item_shape)
+
+
+def _seeded(seed: int, build: Any) -> Any:
+    # A private RNG state: the same seed gives the same weights whatever ran before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def build_text_model(config: TextConfig, seed: int = 0) -> TextClassifier:
+    return _seeded(seed, lambda: TextClassifier(config))
+
+
+def build_image_model(config: ImageConfig, seed: int = 1) -> ImageClassifier:
+    return _seeded(seed, lambda: ImageClassifier(config))

@@ -1,0 +1,108 @@
+"""Running the reference model server in-process on 127.0.0.1, with gated models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from batching_support import Gate, wait_until
+from prometheus_client import CollectorRegistry
+
+from inferwatch import schema
+from inferwatch.server.app import (
+    IMAGE_MODEL,
+    SERVER_KEY,
+    TEXT_MODEL,
+    ModelServer,
+    ServerConfig,
+    build_runners,
+    create_app,
+)
+from inferwatch.server.models import ModelRunner
+
+
+def tiny_config(**overrides: Any) -> ServerConfig:
+    settings: dict[str, Any] = {"device": "cpu", "model_size": "tiny", "max_queue_delay": 0.002}
+    settings.update(overrides)
+    return ServerConfig(**settings)
+
+
+@dataclass
+class Served:
+    """A running server: its URL, a client session, the models' gates and unwrapped functions."""
+
+    url: str
+    session: aiohttp.ClientSession
+    runner: web.AppRunner
+    server: ModelServer
+    registry: CollectorRegistry
+    gates: dict[str, Gate]
+    runners: dict[str, ModelRunner]
+    stopped: bool = field(default=False)
+
+    async def request(
+        self, method: str, path: str, json: Any = None, data: str | bytes | None = None
+    ) -> tuple[int, Any, Any]:
+        async with self.session.request(method, self.url + path, json=json, data=data) as r:
+            body = await r.json(content_type=None) if r.content_length != 0 else None
+            return r.status, body, r.headers
+
+    def metric(self, family: schema.Family, suffix: str = "", **labels: str) -> float:
+        value = self.registry.get_sample_value(
+            family.name + suffix, {"source": schema.SOURCE_APP, **labels}
+        )
+        return 0.0 if value is None else value
+
+    def unbatched(self, model: str, item: Any) -> list[float]:
+        """The model's answer for one item run alone (the gate's wrapped function)."""
+        rows = self.gates[model].fn([item])
+        return list(rows[0])
+
+    async def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            for gate in self.gates.values():
+                gate.open()
+            await self.runner.cleanup()
+            await self.session.close()
+
+
+async def start_server(
+    registry: CollectorRegistry,
+    config: ServerConfig | None = None,
+    *,
+    wait_ready: bool = True,
+    gates_open: bool = True,
+) -> Served:
+    config = config or tiny_config()
+    runners = build_runners(config)
+    gates: dict[str, Gate] = {}
+    for model in runners:
+        gate = Gate(model.predict_batch, open_=gates_open)
+        model.predict_batch = gate  # type: ignore[method-assign]
+        gates[model.name] = gate
+    app = create_app(config, registry=registry, runners=runners)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    served = Served(
+        url=f"http://127.0.0.1:{port}",
+        session=aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)),
+        runner=runner,
+        server=app[SERVER_KEY],
+        registry=registry,
+        gates=gates,
+        runners={model.name: model for model in runners},
+    )
+    if wait_ready:
+        await wait_until(lambda: served.server.ready)
+        for gate in gates.values():
+            gate.calls.clear()  # forget the warm-up batches
+    return served
+
+
+__all__ = ["IMAGE_MODEL", "TEXT_MODEL", "Served", "start_server", "tiny_config"]
