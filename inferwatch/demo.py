@@ -12,38 +12,42 @@ import contextlib
 import random
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from inferwatch import monitor_inference, start_metrics_server, track_inference
 
 
-class SentimentModel:
-    """A stand-in model: class-based, as TorchServe-style handlers are."""
+def _models() -> tuple[Callable[[list[str]], list[str]], Callable[[str], AsyncIterator[str]]]:
+    """The demo's models, decorated when the demo runs (not when the CLI is imported)."""
 
-    @monitor_inference(model_name="sentiment", model_version="1")
-    def predict(self, texts: list[str]) -> list[str]:
-        time.sleep(0.002 * len(texts))
-        if any(not t for t in texts):
-            raise ValueError("empty text")
-        return ["positive" if "good" in t else "negative" for t in texts]
+    class SentimentModel:
+        """A stand-in model: class-based, as TorchServe-style handlers are."""
 
+        @monitor_inference(model_name="sentiment", model_version="1")
+        def predict(self, texts: list[str]) -> list[str]:
+            time.sleep(0.002 * len(texts))
+            if any(not t for t in texts):
+                raise ValueError("empty text")
+            return ["positive" if "good" in t else "negative" for t in texts]
 
-@monitor_inference(model_name="generator", model_version="1", batch_size=1)
-async def generate(prompt: str) -> AsyncIterator[str]:
-    for word in prompt.split():
-        await asyncio.sleep(0.001)
-        yield word
+    @monitor_inference(model_name="generator", model_version="1", batch_size=1)
+    async def generate(prompt: str) -> AsyncIterator[str]:
+        for word in prompt.split():
+            await asyncio.sleep(0.001)
+            yield word
+
+    return SentimentModel().predict, generate
 
 
 async def _drive(calls: int) -> None:
-    model = SentimentModel()
+    predict, generate = _models()
     rng = random.Random(7)
     for i in range(calls):
         batch = ["good day"] * rng.randint(1, 8)
         if i % 10 == 9:
             batch.append("")  # an error now and then
         with contextlib.suppress(ValueError):
-            model.predict(batch)
+            predict(batch)
         async for _ in generate("stream these few words"):
             pass
         with track_inference("ranker", "2") as t:

@@ -51,3 +51,20 @@ def test_console_script_runs_the_demo() -> None:
     )
     # the demo disables _created series, as every inferwatch process does
     assert not any("_created" in line for line in lines)
+
+
+def test_building_the_parser_creates_no_series() -> None:
+    """Importing every command module must not add series to the registry a server exposes."""
+    from prometheus_client import REGISTRY
+
+    def series() -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+        return {
+            (s.name, tuple(sorted(s.labels.items())))
+            for family in REGISTRY.collect()
+            if not family.name.startswith(("python_", "process_"))
+            for s in family.samples
+        }
+
+    before = series()
+    cli.build_parser()
+    assert series() == before
