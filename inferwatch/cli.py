@@ -19,6 +19,7 @@ from inferwatch._version import __version__
 
 COMMANDS: dict[str, str] = {
     "demo": "inferwatch.demo",
+    "generate": "inferwatch.generate.cli",
     "gpu": "inferwatch.gpu_cli",
     "serve": "inferwatch.server.cli",
 }

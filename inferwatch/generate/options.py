@@ -1,0 +1,63 @@
+"""What a user can tune in the generated dashboards, rules and autoscaling configs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from inferwatch import schema
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """Every knob of ``inferwatch generate``; the defaults produce the committed files."""
+
+    # Kubernetes: where the model server runs.
+    namespace: str = "default"
+    deployment: str = "model-server"
+    # Autoscaling targets (the HPA's two pods metrics) and bounds.
+    queue_length_target: int = 10
+    p95_latency_target_ms: int = 100
+    min_replicas: int = 1
+    max_replicas: int = 10
+    # Service level objectives, measured by this layer.
+    slo_source: str = schema.SOURCE_SIDECAR
+    availability_objective: float = 0.999  # fraction of inferences without a server-side error
+    latency_threshold_seconds: float = 0.25  # an inference slower than this is "slow"
+    latency_objective: float = 0.99  # fraction of inferences faster than the threshold
+    # Alert thresholds.
+    queue_length_alert: int = 50  # waiting requests per pod, sustained
+    gpu_memory_alert_ratio: float = 0.95
+    gpu_temperature_alert_celsius: int = 85
+    # Shrinks every burn-rate window and `for` duration; 1.0 in production, small in tests.
+    window_scale: float = 1.0
+    # Where things are.
+    datasource_uid: str = "prometheus"
+    traces_datasource_uid: str = "traces"  # where latency exemplars link (Tempo, Jaeger)
+    scrape_interval: str = "15s"  # Grafana's $__rate_interval is at least four of these
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    runbook_url: str = "https://github.com/inferwatch/inferwatch/blob/main/docs/runbooks.md"
+    alert_webhook_url: str = "http://127.0.0.1:9095/alerts"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.latency_threshold_seconds not in schema.LATENCY_BUCKETS:
+            problems.append(
+                "latency_threshold_seconds must be one of the latency bucket bounds "
+                f"{schema.LATENCY_BUCKETS}, so the ratio of slow inferences is exact"
+            )
+        for name in ("availability_objective", "latency_objective"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                problems.append(f"{name} must be between 0 and 1 (exclusive), got {value}")
+        if self.slo_source not in (schema.SOURCE_SIDECAR, schema.SOURCE_APP):
+            problems.append(f"slo_source must be 'sidecar' or 'app', got {self.slo_source!r}")
+        if not 0 < self.min_replicas <= self.max_replicas:
+            problems.append("need 0 < min_replicas <= max_replicas")
+        if self.window_scale <= 0:
+            problems.append("window_scale must be positive")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))

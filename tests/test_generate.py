@@ -1,0 +1,207 @@
+"""Generated rules, autoscaling and Alertmanager configs: fresh, valid, checked by real tools."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from inferwatch import cli, generate, schema
+from inferwatch.generate import autoscaling, promql
+from inferwatch.generate.cli import load_options
+from inferwatch.generate.options import GenerateOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(tool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def amtool() -> str:
+    path = shutil.which("amtool")
+    if path is None:
+        pytest.fail("amtool is not installed: run `make test`, which installs it")
+    return path
+
+
+def test_committed_files_are_fresh() -> None:
+    stale = generate.stale(ROOT)
+    assert stale == [], f"regenerate with `inferwatch generate` and commit: {stale}"
+
+
+def test_generate_check_detects_a_stale_file(tmp_path: Path) -> None:
+    assert cli.main(["generate", "--out", str(tmp_path)]) == 0
+    assert cli.main(["generate", "--out", str(tmp_path), "--check"]) == 0
+    (tmp_path / generate.ALERTING_RULES).write_text("groups: []\n")
+    assert cli.main(["generate", "--out", str(tmp_path), "--check"]) == 1
+
+
+def test_promtool_checks_and_unit_tests_pass(promtool: str) -> None:
+    done = run(promtool, "check", "rules", generate.RECORDING_RULES, generate.ALERTING_RULES)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = run(promtool, "test", "rules", generate.RULE_TESTS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+def test_every_alert_has_a_firing_and_a_silent_case() -> None:
+    tests = yaml.safe_load((ROOT / generate.RULE_TESTS).read_text())["tests"]
+    alerts = yaml.safe_load((ROOT / generate.ALERTING_RULES).read_text())["groups"][0]["rules"]
+    names = {rule["alert"] for rule in alerts}
+    fires = {
+        t["alert_rule_test"][0]["alertname"] for t in tests if t["alert_rule_test"][0]["exp_alerts"]
+    }
+    silent = {
+        t["alert_rule_test"][0]["alertname"]
+        for t in tests
+        if not t["alert_rule_test"][0]["exp_alerts"]
+    }
+    assert names == fires == silent
+    for rule in alerts:
+        assert re.fullmatch(r"([A-Z][a-z0-9]*|GPU)+", rule["alert"]), rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning")
+        assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}
+        anchor = rule["annotations"]["runbook_url"].split("#")[1]
+        assert f"## {rule['alert']}" in (ROOT / generate.RUNBOOKS).read_text()
+        assert anchor == rule["alert"].lower()
+
+
+def test_a_broken_threshold_fails_the_unit_tests(tmp_path: Path, promtool: str) -> None:
+    """The promtool tests can tell: raise the fastest burn threshold and they fail."""
+    shutil.copytree(ROOT / "alerts", tmp_path / "alerts")
+    alerts_file = tmp_path / generate.ALERTING_RULES
+    text = alerts_file.read_text()
+    assert "> 0.0144" in text
+    alerts_file.write_text(text.replace("> 0.0144", "> 0.9"))
+    done = run(promtool, "test", "rules", generate.RULE_TESTS, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "InferenceErrorBudgetBurn: burning" in done.stdout + done.stderr
+
+
+def test_alertmanager_config_and_routes(amtool: str) -> None:
+    done = run(amtool, "check-config", generate.ALERTMANAGER)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for labels, receiver in (("severity=critical", "pager"), ("severity=warning", "tickets")):
+        done = run(
+            amtool, "config", "routes", "test", f"--config.file={generate.ALERTMANAGER}", labels
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.strip() == receiver
+
+
+def render_adapter_query(rule: dict[str, Any], namespace: str, pods: list[str]) -> str:
+    """metricsQuery as prometheus-adapter renders it for pods of one namespace."""
+    series = rule["seriesQuery"].split("{")[0]
+    matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
+    return (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", series)
+        .replace("<<.LabelMatchers>>", matchers)
+        .replace("<<.GroupBy>>", "pod")
+    )
+
+
+def test_every_autoscaling_query_parses(tmp_path: Path, promtool: str) -> None:
+    options = GenerateOptions()
+    exprs = [
+        render_adapter_query(r, "serving", ["a-1", "a-2"]) for r in autoscaling.adapter_rules()
+    ]
+    exprs += list(autoscaling.keda_queries(options))
+    rules = [{"record": f"check:query:{i}", "expr": e} for i, e in enumerate(exprs)]
+    path = tmp_path / "queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
+    done = run(promtool, "check", "rules", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_adapter_serves_the_hpa_metric_names() -> None:
+    hpa = yaml.safe_load((ROOT / generate.KUBERNETES / "hpa.yaml").read_text())
+    wanted = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
+    config_map = yaml.safe_load(
+        (ROOT / generate.KUBERNETES / "prometheus-adapter-config.yaml").read_text()
+    )
+    rules = yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
+    assert (
+        {r["name"]["as"] for r in rules} == wanted == {"inference_queue_length", "p95_latency_ms"}
+    )
+    for rule in rules:
+        assert "<<.GroupBy>>" in rule["metricsQuery"].split(")")[0]  # inside the aggregation
+
+
+@pytest.mark.parametrize("name", ["hpa.yaml", "prometheus-adapter-config.yaml"])
+def test_kubernetes_manifests_validate(name: str) -> None:
+    manifest = yaml.safe_load((ROOT / generate.KUBERNETES / name).read_text())
+    kubernetes_validate.validate(manifest, "1.30", strict=True)
+
+
+def test_keda_scaled_object_shape() -> None:
+    scaled = yaml.safe_load((ROOT / generate.KUBERNETES / "keda-scaledobject.yaml").read_text())
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    triggers = {t["name"]: t for t in scaled["spec"]["triggers"]}
+    assert triggers["inference-queue-length"]["metricType"] == "AverageValue"
+    assert triggers["p95-latency-ms"]["metricType"] == "Value"
+    for trigger in triggers.values():
+        assert trigger["type"] == "prometheus"
+        assert set(trigger["metadata"]) == {"serverAddress", "query", "threshold"}
+        assert trigger["metadata"]["query"].endswith("or vector(0)")  # always one element
+
+
+def test_short_windows_for_live_tests_still_parse(tmp_path: Path, promtool: str) -> None:
+    files = generate.render(GenerateOptions(window_scale=1 / 60))
+    for name in (generate.RECORDING_RULES, generate.ALERTING_RULES):
+        (tmp_path / Path(name).name).write_text(files[name])
+    done = run(promtool, "check", "rules", *(p.name for p in tmp_path.iterdir()), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ratio_rate1m" in files[generate.RECORDING_RULES]  # the 1h window scaled to 1m
+
+
+def test_only_server_side_failures_spend_the_budget() -> None:
+    expr = promql.errors_expr("5m")
+    for reason in schema.SERVER_SIDE_REASONS:
+        assert reason in expr
+    assert schema.REASON_CLIENT_ERROR not in expr
+    assert schema.REASON_CANCELLED not in expr
+
+
+def test_bad_options_name_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "options.yaml"
+    config.write_text("namespce: serving\n")
+    with pytest.raises(ValueError, match="unknown option 'namespce'"):
+        load_options(config, {})
+    config.write_text("max_replicas: lots\n")
+    with pytest.raises(ValueError, match="option 'max_replicas' must be int"):
+        load_options(config, {})
+    with pytest.raises(ValueError, match="latency_threshold_seconds"):
+        GenerateOptions(latency_threshold_seconds=0.3)
+    config.write_text("namespace: serving\nlatency_objective: 0.995\n")
+    options = load_options(config, {"deployment": "bert"})
+    assert (options.namespace, options.deployment, options.latency_objective) == (
+        "serving",
+        "bert",
+        0.995,
+    )
+
+
+def test_generate_reports_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "options.yaml"
+    config.write_text("slo_source: gateway\n")
+    assert cli.main(["generate", "--out", str(tmp_path), "--config", str(config)]) == 2
+    assert "slo_source must be 'sidecar' or 'app'" in capsys.readouterr().err
+
+
+def test_durations() -> None:
+    assert [promql.duration(s) for s in (300, 3600, 86400, 90, 2.5)] == [
+        "5m",
+        "1h",
+        "1d",
+        "90s",
+        "2500ms",
+    ]
