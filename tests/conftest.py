@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 
+import prometheus_client.metrics
 import pytest
 from prometheus_client import CollectorRegistry
+
+
+@pytest.fixture(autouse=True)
+def _created_series_setting() -> Iterator[None]:
+    """Commands run in-process turn prometheus_client's _created series off for the whole
+    process, as inferwatch's processes do; keep that from leaking into the next test."""
+    saved = prometheus_client.metrics._use_created
+    yield
+    prometheus_client.metrics._use_created = saved
 
 
 @pytest.fixture

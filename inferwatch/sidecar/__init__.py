@@ -1,0 +1,1 @@
+"""The inferwatch sidecar: a protocol-aware reverse proxy that measures every inference."""
