@@ -123,10 +123,12 @@ def test_every_autoscaling_query_parses(tmp_path: Path, promtool: str) -> None:
 
 
 def test_adapter_serves_the_hpa_metric_names() -> None:
-    hpa = yaml.safe_load((ROOT / generate.KUBERNETES / "hpa.yaml").read_text())
+    hpa = yaml.safe_load((ROOT / generate.KUBERNETES / "hpa/hpa.yaml").read_text())
     wanted = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
     config_map = yaml.safe_load(
-        (ROOT / generate.KUBERNETES / "prometheus-adapter-config.yaml").read_text()
+        (
+            ROOT / generate.KUBERNETES / "prometheus-adapter/prometheus-adapter-config.yaml"
+        ).read_text()
     )
     rules = yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
     assert (
@@ -136,14 +138,18 @@ def test_adapter_serves_the_hpa_metric_names() -> None:
         assert "<<.GroupBy>>" in rule["metricsQuery"].split(")")[0]  # inside the aggregation
 
 
-@pytest.mark.parametrize("name", ["hpa.yaml", "prometheus-adapter-config.yaml"])
+@pytest.mark.parametrize(
+    "name", ["hpa/hpa.yaml", "prometheus-adapter/prometheus-adapter-config.yaml"]
+)
 def test_kubernetes_manifests_validate(name: str) -> None:
     manifest = yaml.safe_load((ROOT / generate.KUBERNETES / name).read_text())
     kubernetes_validate.validate(manifest, "1.30", strict=True)
 
 
 def test_keda_scaled_object_shape() -> None:
-    scaled = yaml.safe_load((ROOT / generate.KUBERNETES / "keda-scaledobject.yaml").read_text())
+    scaled = yaml.safe_load(
+        (ROOT / generate.KUBERNETES / "keda/keda-scaledobject.yaml").read_text()
+    )
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     triggers = {t["name"]: t for t in scaled["spec"]["triggers"]}
     assert triggers["inference-queue-length"]["metricType"] == "AverageValue"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from inferwatch.generate import alertmanager, autoscaling, dashboards, rules, yaml_text
+from inferwatch.generate import alertmanager, compose, dashboards, kubernetes, rules, yaml_text
 from inferwatch.generate.options import GenerateOptions
 
 RECORDING_RULES = "alerts/inferwatch-recording-rules.yaml"
@@ -38,11 +38,8 @@ def render(options: GenerateOptions | None = None) -> dict[str, str]:
         ),
         ALERTMANAGER: to_yaml(alertmanager.alertmanager_config(options)),
         RUNBOOKS: rules.runbooks(options),
-        f"{KUBERNETES}/hpa.yaml": to_yaml(autoscaling.hpa(options)),
-        f"{KUBERNETES}/prometheus-adapter-config.yaml": to_yaml(
-            autoscaling.adapter_config_map(options)
-        ),
-        f"{KUBERNETES}/keda-scaledobject.yaml": to_yaml(autoscaling.keda_scaled_object(options)),
+        **kubernetes.manifests(options),
+        **compose.files(options),
     }
     for name, dashboard in dashboards.dashboards(options).items():
         files[f"dashboards/{name}"] = json.dumps(dashboard, indent=2, sort_keys=True) + "\n"

@@ -421,12 +421,13 @@ def alerts(options: GenerateOptions) -> list[Alert]:
     }
     failing_gpu = {**GPU}
     failing_calls = {**POD, "reason": "driver_not_loaded"}
-    for expr, firing_case, labels, what in (
+    for expr, firing_case, labels, what, problem in (
         (
             f"{schema.GPU_SAMPLE_AGE.name} > 60",
             "stale",
             failing_gpu,
             "GPU {{ $labels.gpu }} has not been read for over a minute",
+            "stale_samples",
         ),
         (
             f"rate({schema.GPU_COLLECTOR_ERRORS.name}"
@@ -434,6 +435,7 @@ def alerts(options: GenerateOptions) -> list[Alert]:
             "errors keep coming",
             failing_calls,
             "NVML calls keep failing with {{ $labels.reason }}",
+            "nvml_errors",
         ),
     ):
         out.append(
@@ -442,6 +444,7 @@ def alerts(options: GenerateOptions) -> list[Alert]:
                 expr=expr,
                 for_="10m",
                 severity="warning",
+                labels={"problem": problem},
                 summary="GPU metrics on {{ $labels.pod }} are failing.",
                 description=(
                     f"In {{{{ $labels.namespace }}}}/{{{{ $labels.pod }}}} {what} (10 minutes "
