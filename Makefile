@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@# The server extra needs torch: keep a torch that is already there (a user's CUDA build);
 	@# otherwise take the pinned CPU wheel rather than a multi-GB CUDA download.
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,server]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,server,render]'
 	@touch $(STAMP)
 
 # Prometheus' promtool and Alertmanager's amtool, from Debian's packages when missing.

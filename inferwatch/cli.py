@@ -18,10 +18,12 @@ from prometheus_client import disable_created_metrics
 from inferwatch._version import __version__
 
 COMMANDS: dict[str, str] = {
-    "demo": "inferwatch.demo",
+    "dashboards": "inferwatch.render",
+    "demo": "inferwatch.stack",
     "generate": "inferwatch.generate.cli",
     "gpu": "inferwatch.gpu_cli",
     "serve": "inferwatch.server.cli",
+    "sidecar": "inferwatch.sidecar.cli",
 }
 
 

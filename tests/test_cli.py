@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from inferwatch import cli
@@ -30,27 +27,6 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
-
-
-def test_console_script_runs_the_demo() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "inferwatch", "demo", "--port", "0", "--calls", "10"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert (
-        'model_inference_total{model_name="sentiment",model_version="1",source="app",'
-        'status="success"} 9.0' in lines
-    )
-    assert (
-        'model_inference_failures_total{model_name="sentiment",model_version="1",'
-        'reason="exception",source="app"} 1.0' in lines
-    )
-    # the demo disables _created series, as every inferwatch process does
-    assert not any("_created" in line for line in lines)
 
 
 def test_building_the_parser_creates_no_series() -> None:

@@ -1,0 +1,619 @@
+"""The whole stack on one machine, as plain processes, behind ``inferwatch demo``.
+
+The reference model server, the sidecar in front of it, Prometheus with the generated rules and
+Alertmanager delivering to a local webhook; then a scripted load (steady traffic, a model server
+that hangs, a burst that fills the queue, a latency spike) so that every metric moves and alerts
+fire. Rule windows are shrunk (GenerateOptions.window_scale) so the burn-rate alerts fire within
+a minute instead of an hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from inferwatch import generate, schema
+from inferwatch.generate.options import GenerateOptions
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+WINDOW_SCALE = 1 / 60  # burn-rate windows: 1h -> 1m, 5m -> 5s
+TEXT_MODEL = "text-classifier"
+IMAGE_MODEL = "image-classifier"
+IMAGE_VALUES = 3 * 32 * 32
+
+
+@dataclass
+class Ports:
+    server: int = 8000
+    sidecar: int = 8080
+    admin: int = 9464
+    prometheus: int = 9090
+    alertmanager: int = 9093
+    webhook: int = 9095
+
+    def resolved(self) -> Ports:
+        """The same ports, 0 replaced by a free one (for tests and parallel runs)."""
+        values = {}
+        for name in self.__dataclass_fields__:
+            port = getattr(self, name)
+            if port == 0:
+                with socket.socket() as sock:
+                    sock.bind((LOOPBACK, 0))
+                    port = sock.getsockname()[1]
+            values[name] = port
+        return Ports(**values)
+
+
+@dataclass
+class Phase:
+    """One part of the scripted load."""
+
+    name: str
+    share: float  # of the whole run
+    concurrency: int
+    describe: str
+    hang_server: float = 0.0  # seconds the model server is stopped at the phase's start
+    pause_every: float = 0.0  # latency spike: stop the server briefly, this often
+    batch: tuple[int, int] = (1, 4)
+
+
+PHASES = (
+    Phase("steady", 0.25, 4, "steady traffic to both models"),
+    Phase(
+        "hang",
+        0.2,
+        8,
+        "the model server hangs: timeouts burn the error budget",
+        hang_server=0.6,
+    ),
+    Phase("burst", 0.2, 96, "a burst that fills the sidecar's queue", batch=(8, 32)),
+    Phase("slow", 0.2, 8, "a latency spike (the server stalls now and then)", pause_every=0.6),
+    Phase("calm", 0.15, 2, "back to calm"),
+)
+
+
+@dataclass
+class ClientStats:
+    """What the load generator saw, for the summary when Prometheus is not there."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, status: int, seconds: float) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.latencies.append(seconds)
+
+
+class Webhook:
+    """Alertmanager's receiver: logs every notification and keeps them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.alerts: list[dict[str, Any]] = []
+
+    async def receive(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        with self.path.open("a") as out:
+            for alert in doc.get("alerts", []):
+                self.alerts.append(alert)
+                out.write(json.dumps(alert) + "\n")
+                log.info(
+                    "alert %s %s (%s)",
+                    alert["status"],
+                    alert["labels"].get("alertname"),
+                    alert["labels"].get("severity"),
+                )
+        return web.Response(text="ok")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/alerts", self.receive)
+        return app
+
+
+class Processes:
+    """Child processes started in order and stopped in reverse, always."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        out = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.running.append((name, proc))
+        with (self.logs / "pids").open("a") as pids:  # for whoever checks they all ended
+            pids.write(f"{name} {proc.pid}\n")
+        return proc
+
+    def get(self, name: str) -> subprocess.Popen[bytes]:
+        return next(proc for n, proc in self.running if n == name)
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        for _, proc in reversed(self.running):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for name, proc in reversed(self.running):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", name)
+                proc.kill()
+                proc.wait()
+        self.running.clear()
+
+
+def tool(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def write_configs(workdir: Path, ports: Ports) -> GenerateOptions:
+    """The generated rules and Alertmanager config, plus a scrape config, for this run."""
+    options = GenerateOptions(
+        namespace="demo",
+        window_scale=WINDOW_SCALE,
+        alert_webhook_url=f"http://{LOOPBACK}:{ports.webhook}/alerts",
+    )
+    files = generate.render(options)
+    for name in (generate.RECORDING_RULES, generate.ALERTING_RULES, generate.ALERTMANAGER):
+        (workdir / Path(name).name).write_text(files[name])
+    # The same labels a PodMonitor gives in Kubernetes, so every rule and panel works as there.
+    labels = {"namespace": "demo", "pod": "model-server-0"}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [Path(generate.RECORDING_RULES).name, Path(generate.ALERTING_RULES).name],
+        "alerting": {
+            "alertmanagers": [
+                {"static_configs": [{"targets": [f"{LOOPBACK}:{ports.alertmanager}"]}]}
+            ]
+        },
+        "scrape_configs": [
+            {
+                # The sidecar's admin /metrics: its own families plus the server's, merged.
+                "job_name": "inferwatch",
+                "static_configs": [{"targets": [f"{LOOPBACK}:{ports.admin}"], "labels": labels}],
+            }
+        ],
+    }
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return options
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
+
+
+async def http_ok(session: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+            return response.status == 200
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return False
+
+
+def text_request(rng: random.Random, batch: int) -> tuple[str, dict[str, Any]]:
+    words = ["goal", "rates", "vaccine", "election", "film", "chip", "league", "market"]
+    texts = [" ".join(rng.choices(words, k=6)) for _ in range(batch)]
+    body = {"inputs": [{"name": "text", "shape": [batch], "datatype": "BYTES", "data": texts}]}
+    return f"/v2/models/{TEXT_MODEL}/infer", body
+
+
+def image_request(rng: random.Random, batch: int) -> tuple[str, dict[str, Any]]:
+    data = [round(rng.random(), 3) for _ in range(IMAGE_VALUES)] * batch
+    body = {
+        "inputs": [{"name": "image", "shape": [batch, 3, 32, 32], "datatype": "FP32", "data": data}]
+    }
+    return f"/v2/models/{IMAGE_MODEL}/infer", body
+
+
+class Load:
+    """The scripted load: a pool of clients whose concurrency each phase sets."""
+
+    def __init__(self, session: aiohttp.ClientSession, proxy: str, stats: ClientStats) -> None:
+        self.session = session
+        self.proxy = proxy
+        self.stats = stats
+        self.rng = random.Random(11)
+        self.phase = PHASES[0]
+
+    async def client(self, index: int, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if index >= self.phase.concurrency:
+                await asyncio.sleep(0.05)
+                continue
+            low, high = self.phase.batch
+            batch = self.rng.randint(low, high)
+            make = image_request if self.rng.random() < 0.3 else text_request
+            path, body = make(self.rng, max(1, batch // 4) if make is image_request else batch)
+            started = time.monotonic()
+            try:
+                async with self.session.post(self.proxy + path, json=body) as response:
+                    await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                status = 0
+            self.stats.add(status, time.monotonic() - started)
+            if status == 503:
+                await asyncio.sleep(0.05)  # honour the back-off a little, as clients should
+            elif self.phase.concurrency <= 4:
+                await asyncio.sleep(0.02)
+
+
+@dataclass
+class Summary:
+    rps: float | None = None
+    p95_ms: float | None = None
+    queue: float | None = None
+    errors: float | None = None
+    firing: list[str] = field(default_factory=list)
+
+
+async def prometheus_summary(session: aiohttp.ClientSession, prometheus: str) -> Summary:
+    total = schema.INFERENCE_TOTAL.name
+    bucket = schema.INFERENCE_DURATION.bucket
+    sidecar = f'source="{schema.SOURCE_SIDECAR}"'
+    queries = {
+        "rps": f"sum(rate({total}{{{sidecar}}}[10s]))",
+        "p95_ms": (
+            f"1000 * histogram_quantile(0.95, sum by (le) (rate({bucket}{{{sidecar}}}[10s])))"
+        ),
+        "queue": f"sum({schema.QUEUE_LENGTH.name})",
+        "errors": f'sum(rate({total}{{{sidecar},status="{schema.STATUS_ERROR}"}}[10s]))',
+    }
+    summary = Summary()
+    for key, expr in queries.items():
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, KeyError, IndexError):
+            async with session.get(
+                f"{prometheus}/api/v1/query",
+                params={"query": expr},
+                timeout=aiohttp.ClientTimeout(total=2),
+            ) as response:
+                result = (await response.json())["data"]["result"]
+                value = float(result[0]["value"][1])
+                setattr(summary, key, value if value == value else None)  # NaN: no data
+    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, KeyError):
+        async with session.get(
+            f"{prometheus}/api/v1/alerts", timeout=aiohttp.ClientTimeout(total=2)
+        ) as response:
+            alerts = (await response.json())["data"]["alerts"]
+            summary.firing = sorted(
+                {
+                    f"{a['labels']['alertname']} ({a['labels'].get('severity', '')})"
+                    for a in alerts
+                    if a["state"] == "firing"
+                }
+            )
+    return summary
+
+
+def client_summary(stats: ClientStats) -> Summary:
+    """Since the start, from the load generator's side: when there is no Prometheus."""
+    recent = sorted(stats.latencies[-200:])
+    elapsed = max(1e-9, time.monotonic() - stats.started)
+    errors = sum(n for status, n in stats.statuses.items() if status == 0 or status >= 500)
+    p95 = recent[int(0.95 * (len(recent) - 1))] * 1000 if recent else None
+    return Summary(rps=len(stats.latencies) / elapsed, p95_ms=p95, errors=errors / elapsed)
+
+
+def summary_table(phase: Phase, summary: Summary, stats: ClientStats, source: str) -> Any:
+    from rich.table import Table
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    table = Table(title=f"phase: {phase.name} — {phase.describe}", title_justify="left")
+    for column in ("req/s", "p95 ms", "queue", "errors/s"):
+        table.add_column(column, justify="right")
+    table.add_column("alerts firing", no_wrap=True)
+    table.add_column("client saw (status: count)", no_wrap=True)
+    seen = "\n".join(f"{s or 'failed'}: {n}" for s, n in sorted(stats.statuses.items()))
+    table.add_row(
+        fmt(summary.rps, ".1f"),
+        fmt(summary.p95_ms, ".0f"),
+        fmt(summary.queue, ".0f"),
+        fmt(summary.errors, ".2f"),
+        "\n".join(summary.firing) or "none",
+        seen or "-",
+    )
+    table.caption = f"from {source}"
+    return table
+
+
+async def hang(proc: subprocess.Popen[bytes], seconds: float) -> None:
+    """Stop the model server for a while: it neither answers nor dies, as a hung GPU does."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+
+
+@dataclass
+class DemoResult:
+    workdir: Path
+    alerts: list[dict[str, Any]]
+    png: Path | None
+    statuses: dict[int, int]
+
+
+def phases_for(duration: float) -> Iterator[tuple[Phase, float]]:
+    for phase in PHASES:
+        yield phase, phase.share * duration
+
+
+async def run_phase(
+    phase: Phase,
+    seconds: float,
+    server: subprocess.Popen[bytes],
+    show: Callable[[Phase], Awaitable[None]],
+) -> None:
+    """Hold one phase for ``seconds``, misbehaving as it says, refreshing the display."""
+    end = time.monotonic() + seconds
+    if phase.hang_server:
+        await hang(server, phase.hang_server * seconds)
+    while time.monotonic() < end:
+        if phase.pause_every:
+            await hang(server, 0.35)
+            await asyncio.sleep(phase.pause_every)
+        else:
+            await asyncio.sleep(1.0)
+        await show(phase)
+
+
+async def run_demo(
+    workdir: Path,
+    ports: Ports,
+    duration: float,
+    device: str = "cpu",
+    render_png: bool = True,
+    repeat: bool = False,
+) -> DemoResult:
+    """Start everything, drive the load, render the overview, stop everything."""
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=False)
+    workdir.mkdir(parents=True, exist_ok=True)
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    write_configs(workdir, ports)
+    prometheus_bin = tool("prometheus")
+    alertmanager_bin = tool("prometheus-alertmanager", "alertmanager")
+    python = sys.executable
+    procs = Processes(logs)
+    webhook = Webhook(workdir / "alerts-received.jsonl")
+    runner = web.AppRunner(webhook.app(), access_log=None)
+    stats = ClientStats()
+    png: Path | None = None
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, LOOPBACK, ports.webhook).start()
+        procs.start(
+            "server",
+            [
+                *(python, "-m", "inferwatch", "serve", "--host", LOOPBACK),
+                *("--port", str(ports.server), "--device", device),
+                *("--model-size", "tiny", "--max-queue-size", "256"),
+            ],
+        )
+        procs.start(
+            "sidecar",
+            [
+                *(python, "-m", "inferwatch", "sidecar"),
+                *("--upstream", f"http://{LOOPBACK}:{ports.server}"),
+                *("--listen", f"{LOOPBACK}:{ports.sidecar}"),
+                *("--admin", f"{LOOPBACK}:{ports.admin}"),
+                # a small admission queue, so the burst phase fills it
+                *("--max-concurrency", "8", "--max-queue", "48", "--queue-timeout", "2"),
+                # a short upstream timeout, so the hang phase produces timeouts quickly
+                *("--upstream-timeout", "1", "--ready-interval", "0.5"),
+                *("--drain-quiet-period", "0", "--drain-timeout", "5"),
+            ],
+        )
+        if alertmanager_bin:
+            procs.start(
+                "alertmanager",
+                [
+                    alertmanager_bin,
+                    f"--config.file={workdir / Path(generate.ALERTMANAGER).name}",
+                    f"--storage.path={workdir / 'alertmanager'}",
+                    f"--web.listen-address={LOOPBACK}:{ports.alertmanager}",
+                    "--cluster.listen-address=",
+                ],
+            )
+        if prometheus_bin:
+            procs.start(
+                "prometheus",
+                [
+                    prometheus_bin,
+                    f"--config.file={workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={workdir / 'prometheus'}",
+                    f"--web.listen-address={LOOPBACK}:{ports.prometheus}",
+                    "--enable-feature=exemplar-storage",
+                ],
+            )
+        else:
+            console.print(
+                "[yellow]Prometheus is not installed (Debian: apt-get install prometheus "
+                "prometheus-alertmanager); running the rest without it.[/]"
+            )
+        server_url = f"http://{LOOPBACK}:{ports.server}"
+        proxy = f"http://{LOOPBACK}:{ports.sidecar}"
+        prometheus = f"http://{LOOPBACK}:{ports.prometheus}"
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await wait_until(
+                lambda: http_ok(session, f"{server_url}/v2/health/ready"), 120, "the model server"
+            )
+            await wait_until(lambda: http_ok(session, f"{proxy}/ready"), 30, "the sidecar")
+            if prometheus_bin:
+                await wait_until(
+                    lambda: http_ok(session, f"{prometheus}/-/ready"), 30, "Prometheus"
+                )
+            console.print(
+                "\n[bold]inferwatch demo[/] is running:\n"
+                f"  model server     {server_url}/v2/models/{TEXT_MODEL}\n"
+                f"  sidecar (proxy)  {proxy}  (send inferences here)\n"
+                f"  sidecar metrics  http://{LOOPBACK}:{ports.admin}/metrics\n"
+                + (f"  Prometheus       {prometheus}/alerts\n" if prometheus_bin else "")
+                + (
+                    f"  Alertmanager     http://{LOOPBACK}:{ports.alertmanager}\n"
+                    if alertmanager_bin
+                    else ""
+                )
+                + f"  alerts received  {webhook.path}\n"
+                f"  logs             {logs}\n"
+            )
+            load = Load(session, proxy, stats)
+            stop = asyncio.Event()
+            clients = [
+                asyncio.create_task(load.client(i, stop))
+                for i in range(max(p.concurrency for p in PHASES))
+            ]
+            progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn()
+            )
+            task = progress.add_task("load", total=duration)
+            begun = time.monotonic()
+
+            async def show(phase: Phase) -> None:
+                if prometheus_bin:
+                    summary = await prometheus_summary(session, prometheus)
+                    source = "Prometheus, last 10 s"
+                else:
+                    summary = client_summary(stats)
+                    source = "the load generator (no Prometheus)"
+                progress.update(task, completed=(time.monotonic() - begun) % duration)
+                live.update(Group(progress, summary_table(phase, summary, stats, source)))
+
+            interrupted = False
+            try:
+                with Live(console=console, refresh_per_second=2) as live:
+                    while True:
+                        for phase, seconds in phases_for(duration):
+                            load.phase = phase
+                            progress.update(task, description=f"{phase.name:7}")
+                            await run_phase(phase, seconds, procs.get("server"), show)
+                        if not repeat:
+                            break
+            except asyncio.CancelledError:
+                interrupted = True  # Ctrl-C: still render the preview and stop cleanly
+            finally:
+                stop.set()
+                await asyncio.gather(*clients, return_exceptions=True)
+            if prometheus_bin and alertmanager_bin and not interrupted:
+                await wait_for_delivery(session, prometheus, webhook)
+            if prometheus_bin and render_png:
+                try:
+                    png = await asyncio.to_thread(render_overview, prometheus, workdir, duration)
+                    console.print(f"dashboard preview: {png}")
+                except ImportError:
+                    console.print("no PNG preview: pip install 'inferwatch[render]' (matplotlib)")
+            if interrupted:
+                raise asyncio.CancelledError
+    finally:
+        procs.stop_all()
+        await runner.cleanup()
+    return DemoResult(workdir, webhook.alerts, png, dict(stats.statuses))
+
+
+async def wait_for_delivery(
+    session: aiohttp.ClientSession, prometheus: str, webhook: Webhook, timeout: float = 30.0
+) -> None:
+    """Give Alertmanager its group_wait: stop once every firing alert reached the webhook."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        firing = {
+            name.split(" (")[0] for name in (await prometheus_summary(session, prometheus)).firing
+        }
+        delivered = {a["labels"]["alertname"] for a in webhook.alerts if a["status"] == "firing"}
+        if firing <= delivered:
+            return
+        await asyncio.sleep(1.0)
+
+
+def render_overview(prometheus: str, workdir: Path, duration: float) -> Path:
+    from inferwatch.generate import dashboards
+    from inferwatch.render import render_dashboard
+
+    overview = dashboards.dashboards(GenerateOptions())["inferwatch-overview.json"]
+    return render_dashboard(
+        overview, prometheus, workdir / "overview.png", minutes=max(1.0, duration / 60 + 0.5)
+    )
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="seconds of scripted load, then stop (default: repeat until Ctrl-C)",
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("inferwatch-demo"))
+    parser.add_argument("--device", default="cpu", help="the model server's device (cpu, cuda)")
+    parser.add_argument("--no-render", action="store_true", help="skip the PNG preview")
+    defaults = Ports()
+    for name in defaults.__dataclass_fields__:
+        parser.add_argument(
+            f"--{name}-port",
+            type=int,
+            default=getattr(defaults, name),
+            help="(default %(default)s)",
+        )
+
+
+def run(args: Any) -> int:
+    ports = Ports(**{name: getattr(args, f"{name}_port") for name in Ports.__dataclass_fields__})
+    ports = ports.resolved()
+    repeat = args.duration <= 0
+    duration = 120.0 if repeat else args.duration
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    try:
+        result = asyncio.run(
+            run_demo(args.workdir, ports, duration, args.device, not args.no_render, repeat)
+        )
+        firing = sorted({a["labels"]["alertname"] for a in result.alerts})
+        print(f"alerts delivered to the webhook: {', '.join(firing) or 'none'}")
+        return 0
+    except KeyboardInterrupt:
+        print("stopped")
+        return 0
+    except (RuntimeError, OSError) as exc:
+        print(f"inferwatch demo: {exc} (logs in {args.workdir / 'logs'})", file=sys.stderr)
+        return 1

@@ -1,0 +1,115 @@
+"""`inferwatch demo --duration 60`: the whole stack as processes, checked afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PORTS = ("server", "sidecar", "admin", "prometheus", "alertmanager", "webhook")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def query(port: int, expr: str) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        result: list[dict[str, Any]] = json.load(response)["data"]["result"]
+    return result
+
+
+@pytest.mark.timeout(400)
+def test_demo_runs_the_stack_and_cleans_up(tmp_path: Path) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.fail("prometheus is not installed: run `make test`, which installs it")
+    workdir = tmp_path / "demo"
+    ports = [arg for name in PORTS for arg in (f"--{name}-port", "0")]
+    command = [sys.executable, "-m", "inferwatch", "demo", "--duration", "60"]
+    done = subprocess.run(
+        [*command, "--workdir", str(workdir), *ports],
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "alerts delivered to the webhook: " in done.stdout
+
+    # Every process it started has ended.
+    pids = dict(line.split() for line in (workdir / "logs" / "pids").read_text().splitlines())
+    assert set(pids) == {"server", "sidecar", "alertmanager", "prometheus"}
+    for name, pid in pids.items():
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+            pytest.fail(f"{name} ({pid}) is still running")
+
+    # The error-burn page went through Alertmanager to the webhook.
+    received = [
+        json.loads(line) for line in (workdir / "alerts-received.jsonl").read_text().splitlines()
+    ]
+    assert any(
+        a["labels"]["alertname"] == "InferenceErrorBudgetBurn"
+        and a["labels"]["severity"] == "critical"
+        and a["status"] == "firing"
+        for a in received
+    ), received
+
+    # The PNG preview exists and is not blank.
+    import matplotlib.image
+
+    png = workdir / "overview.png"
+    pixels = matplotlib.image.imread(png)
+    assert pixels.shape[0] > 500 and pixels.shape[1] > 1000
+    assert pixels.std() > 0.05  # a blank page has no spread
+
+    # Prometheus' data (reopened from the demo's storage): sidecar and app series, both models.
+    port = free_port()
+    config = tmp_path / "empty.yml"
+    config.write_text("global: {}\n")
+    with subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'prometheus'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as reopened:
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    found = query(
+                        port,
+                        "count by (source, model_name) "
+                        "(last_over_time(model_inference_total[15m]))",
+                    )
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "Prometheus did not reopen the data"
+                    time.sleep(0.2)
+            seen = {(r["metric"]["source"], r["metric"]["model_name"]) for r in found}
+            assert {
+                ("sidecar", "text-classifier"),
+                ("sidecar", "image-classifier"),
+                ("app", "text-classifier"),
+                ("app", "image-classifier"),
+            } <= seen
+        finally:
+            reopened.terminate()
+            reopened.wait(timeout=30)

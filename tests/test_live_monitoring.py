@@ -1,0 +1,418 @@
+"""The generated configs against the real thing.
+
+A real Prometheus scrapes a real sidecar (with GPU metrics from a fake NVML) in front of a real
+upstream whose own decorated metrics the sidecar merges, under generated load. Then every
+dashboard panel's query returns data, the prometheus-adapter queries rendered for one pod return
+that pod's queue length and p95 in ms, and a real Alertmanager delivers the error-burn alert to
+a test webhook. Rule windows are shrunk (GenerateOptions.window_scale) so it takes seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from fake_pynvml import FakeGpu, build, clear_visible_devices, install
+from prometheus_client import CollectorRegistry, generate_latest
+from sidecar_support import running_sidecar
+
+from inferwatch import generate, monitor_inference
+from inferwatch.generate import autoscaling, dashboards
+from inferwatch.generate.options import GenerateOptions
+from inferwatch.gpu import start_gpu_metrics
+
+LOOPBACK = "127.0.0.1"
+NAMESPACE = "serving"
+POD = "model-server-0"
+SCALE = 1 / 60  # burn-rate windows: 1h -> 1m, 5m -> 5s; `for` 2m -> 2s
+
+KSM_METRICS = (
+    "# TYPE kube_horizontalpodautoscaler_status_current_replicas gauge\n"
+    f'kube_horizontalpodautoscaler_status_current_replicas{{namespace="{NAMESPACE}",'
+    'horizontalpodautoscaler="model-server"} 2\n'
+    "# TYPE kube_horizontalpodautoscaler_status_desired_replicas gauge\n"
+    f'kube_horizontalpodautoscaler_status_desired_replicas{{namespace="{NAMESPACE}",'
+    'horizontalpodautoscaler="model-server"} 3\n'
+    "# TYPE kube_horizontalpodautoscaler_spec_max_replicas gauge\n"
+    f'kube_horizontalpodautoscaler_spec_max_replicas{{namespace="{NAMESPACE}",'
+    'horizontalpodautoscaler="model-server"} 10\n'
+    "# TYPE kube_horizontalpodautoscaler_spec_min_replicas gauge\n"
+    f'kube_horizontalpodautoscaler_spec_min_replicas{{namespace="{NAMESPACE}",'
+    'horizontalpodautoscaler="model-server"} 1\n'
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[int]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, LOOPBACK, 0)
+    await site.start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+def model_server() -> web.Application:
+    """A model server instrumented with the decorators (source="app"), serving its /metrics."""
+    registry = CollectorRegistry()
+
+    @monitor_inference(model_name="resnet", model_version="1", registry=registry)
+    async def classify(images: list[list[float]], fail: bool) -> list[int]:
+        await asyncio.sleep(0.002 * len(images))
+        if fail:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return [0 for _ in images]
+
+    @monitor_inference(model_name="llama", registry=registry, batch_size=1)
+    async def generate_tokens(prompt: str) -> AsyncIterator[str]:
+        for word in prompt.split():
+            await asyncio.sleep(0.001)
+            yield word
+
+    async def infer(request: web.Request) -> web.Response:
+        doc = await request.json()
+        batch = doc["inputs"][0]["shape"][0]
+        try:
+            await classify([[0.0]] * batch, fail="fail" in request.query)
+        except RuntimeError as exc:
+            return web.json_response({"error": str(exc)}, status=500)
+        return web.json_response(
+            {"model_name": "resnet", "model_version": "1", "outputs": [{"data": [0] * batch}]}
+        )
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        doc = await request.json()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        async for word in generate_tokens(doc["messages"][0]["content"]):
+            chunk = {"model": doc["model"], "choices": [{"delta": {"content": word}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        usage = {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
+        await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_post("/v2/models/resnet/infer", infer)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+class Webhook:
+    """Alertmanager's receiver, and a stand-in for kube-state-metrics' HPA series."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+
+    def app(self) -> web.Application:
+        async def receive(request: web.Request) -> web.Response:
+            self.alerts.extend((await request.json())["alerts"])
+            return web.Response(text="ok")
+
+        async def ksm(request: web.Request) -> web.Response:
+            return web.Response(text=KSM_METRICS, content_type="text/plain")
+
+        app = web.Application()
+        app.router.add_post("/alerts", receive)
+        app.router.add_get("/metrics", ksm)
+        return app
+
+
+def substitute(expr: str) -> str:
+    """A panel query as Grafana sends it: template variables filled in."""
+    expr = expr.replace("$__rate_interval", "15s").replace("$__interval", "5s")
+    expr = expr.replace("${__rate_interval}", "15s").replace("$__range", "5m")
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:[a-z]+)?\}|\$[A-Za-z_][A-Za-z0-9_]*", ".*", expr)
+
+
+async def query(http: aiohttp.ClientSession, prom: str, expr: str) -> list[dict[str, Any]]:
+    async with http.get(f"{prom}/api/v1/query", params={"query": expr}) as response:
+        doc = await response.json()
+    assert doc["status"] == "success", (expr, doc)
+    result: list[dict[str, Any]] = doc["data"]["result"]
+    return result
+
+
+def finite(result: list[dict[str, Any]]) -> bool:
+    return any(math.isfinite(float(r["value"][1])) for r in result)
+
+
+@pytest.fixture
+def binaries() -> tuple[str, str]:
+    prometheus = shutil.which("prometheus")
+    alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if prometheus is None or alertmanager is None:
+        pytest.fail("prometheus and prometheus-alertmanager are needed: run `make test`")
+    return prometheus, alertmanager
+
+
+@asynccontextmanager
+async def process(argv: list[str], log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.timeout(240)
+async def test_dashboards_rules_adapter_and_alerts_live(
+    tmp_path: Path, binaries: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prometheus_bin, alertmanager_bin = binaries
+    webhook = Webhook()
+    clear_visible_devices(monkeypatch)
+    install(
+        monkeypatch,
+        build(
+            [
+                FakeGpu(
+                    "GPU-0a1b2c3d",
+                    utilization=(87, 40),
+                    memory=(30 * 2**30, 80 * 2**30, 50 * 2**30),
+                    temperature=64,
+                    power_mw=550_000,
+                    energy_mj=5_000_000,
+                    sm_mhz=1980,
+                    throttle=0x4,
+                    processes=[(os.getpid(), 28 * 2**30)],
+                )
+            ]
+        ),
+    )
+
+    async with (
+        serve(webhook.app()) as webhook_port,
+        serve(model_server()) as upstream_port,
+        running_sidecar(
+            f"http://{LOOPBACK}:{upstream_port}", max_concurrency=4, queue_timeout=5.0
+        ) as sidecar,
+    ):
+        gpus = start_gpu_metrics(registry=sidecar.registry, interval=0.2)
+        options = GenerateOptions(
+            namespace=NAMESPACE,
+            window_scale=SCALE,
+            alert_webhook_url=f"http://{LOOPBACK}:{webhook_port}/alerts",
+        )
+        files = generate.render(options)
+        for name in (generate.RECORDING_RULES, generate.ALERTING_RULES, generate.ALERTMANAGER):
+            (tmp_path / Path(name).name).write_text(files[name])
+        am_port, prom_port = free_port(), free_port()
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [Path(generate.RECORDING_RULES).name, Path(generate.ALERTING_RULES).name],
+            "alerting": {
+                "alertmanagers": [{"static_configs": [{"targets": [f"{LOOPBACK}:{am_port}"]}]}]
+            },
+            "scrape_configs": [
+                {
+                    "job_name": "inferwatch-sidecar",
+                    "static_configs": [
+                        {
+                            "targets": [f"{LOOPBACK}:{sidecar.admin_port}"],
+                            # what a PodMonitor's relabelling adds in Kubernetes
+                            "labels": {"namespace": NAMESPACE, "pod": POD},
+                        }
+                    ],
+                },
+                {
+                    "job_name": "kube-state-metrics",
+                    "static_configs": [{"targets": [f"{LOOPBACK}:{webhook_port}"]}],
+                },
+            ],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        prom = f"http://{LOOPBACK}:{prom_port}"
+        async with (
+            process(
+                [
+                    alertmanager_bin,
+                    f"--config.file={tmp_path / Path(generate.ALERTMANAGER).name}",
+                    f"--storage.path={tmp_path / 'am'}",
+                    f"--web.listen-address={LOOPBACK}:{am_port}",
+                    "--cluster.listen-address=",
+                ],
+                tmp_path / "alertmanager.log",
+            ),
+            process(
+                [
+                    prometheus_bin,
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address={LOOPBACK}:{prom_port}",
+                ],
+                tmp_path / "prometheus.log",
+            ),
+            aiohttp.ClientSession() as http,
+        ):
+            proxy = f"http://{LOOPBACK}:{sidecar.proxy_port}"
+
+            async def ready() -> bool:
+                try:
+                    async with http.get(f"{prom}/-/ready") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await eventually(ready, 30, "Prometheus to start")
+
+            async def infer(batch: int, fail: bool = False) -> int:
+                body = {"inputs": [{"name": "x", "shape": [batch, 1], "datatype": "FP32"}]}
+                url = f"{proxy}/v2/models/resnet/infer" + ("?fail=1" if fail else "")
+                async with http.post(url, json=body) as response:
+                    await response.read()
+                    return response.status
+
+            async def chat() -> int:
+                body = {
+                    "model": "llama",
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                    "messages": [{"role": "user", "content": "four words of prompt"}],
+                }
+                async with http.post(f"{proxy}/v1/chat/completions", json=body) as response:
+                    await response.read()
+                    return response.status
+
+            async def load(seconds: float, fail_every: int) -> list[int]:
+                statuses: list[int] = []
+                deadline = time.monotonic() + seconds
+                i = 0
+                while time.monotonic() < deadline:
+                    i += 1
+                    batch = [
+                        infer(1 + j % 8, fail=fail_every > 0 and j % fail_every == 0)
+                        for j in range(i, i + 8)
+                    ]
+                    statuses += await asyncio.gather(*batch, chat())
+                    await asyncio.sleep(0.02)
+                return statuses
+
+            # Healthy traffic first, so every rule and panel has something to show ...
+            statuses = await load(6, fail_every=0)
+            assert set(statuses) == {200}
+
+            # ... then every panel of every dashboard returns data.
+            async def panels_without_data() -> list[str]:
+                missing = []
+                for name, dashboard in dashboards.dashboards(options).items():
+                    for title, expr in dashboards.panel_queries(dashboard):
+                        if not finite(await query(http, prom, substitute(expr))):
+                            missing.append(f"{name}: {title}: {substitute(expr)}")
+                return missing
+
+            async def all_panels_have_data() -> bool:
+                return not await panels_without_data()
+
+            try:
+                await eventually(all_panels_have_data, 60, "every panel to have data")
+            except AssertionError:
+                pytest.fail("panels without data:\n" + "\n".join(await panels_without_data()))
+
+            # prometheus-adapter's queries, rendered as it renders them for this one pod.
+            matchers = f'namespace="{NAMESPACE}",pod=~"{POD}"'
+            values = {}
+            for rule in autoscaling.adapter_rules():
+                expr = (
+                    rule["metricsQuery"]
+                    .replace("<<.Series>>", rule["seriesQuery"].split("{")[0])
+                    .replace("<<.LabelMatchers>>", matchers)
+                    .replace("<<.GroupBy>>", "pod")
+                )
+                result = await query(http, prom, expr)
+                assert [r["metric"] for r in result] == [{"pod": POD}], expr
+                values[rule["name"]["as"]] = float(result[0]["value"][1])
+            assert values["inference_queue_length"] >= 0
+            # the sidecar's own p95 in ms, as Prometheus computes it from the same buckets
+            p95 = await query(
+                http,
+                prom,
+                "1000 * histogram_quantile(0.95, sum by (le) (rate("
+                'model_inference_duration_seconds_bucket{source="sidecar"}[1m])))',
+            )
+            # (the rule was evaluated up to a second earlier, over a slightly different window)
+            assert values["p95_latency_ms"] == pytest.approx(float(p95[0]["value"][1]), rel=0.25)
+            assert 0 < values["p95_latency_ms"] < 1000
+
+            # An error burst, kept up until the fastest burn-rate page reaches the webhook
+            # through Alertmanager (it waits group_wait before the first notification).
+            burst = asyncio.create_task(load(120, fail_every=2))
+
+            async def delivered() -> list[dict[str, Any]]:
+                return [
+                    a
+                    for a in webhook.alerts
+                    if a["labels"]["alertname"] == "InferenceErrorBudgetBurn"
+                    and a["labels"]["severity"] == "critical"
+                    and a["status"] == "firing"
+                ]
+
+            try:
+                alerts = await eventually(delivered, 60, "the error-burn alert at the webhook")
+            except AssertionError:
+                ratios = await query(http, prom, '{__name__=~".*errors:ratio_rate(1m|5s)"}')
+                firing = await query(http, prom, "ALERTS")
+                pytest.fail(f"no alert delivered; ratios: {ratios}; ALERTS: {firing}")
+            finally:
+                burst.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await burst
+            labels = alerts[0]["labels"]
+            assert (labels["namespace"], labels["model_name"], labels["source"]) == (
+                NAMESPACE,
+                "resnet",
+                "sidecar",
+            )
+            assert alerts[0]["annotations"]["runbook_url"].endswith("#inferenceerrorbudgetburn")
+        gpus.close()
