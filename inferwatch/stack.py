@@ -334,16 +334,16 @@ def summary_table(phase: Phase, summary: Summary, stats: ClientStats, source: st
 
     table = Table(title=f"phase: {phase.name} — {phase.describe}", title_justify="left")
     for column in ("req/s", "p95 ms", "queue", "errors/s"):
-        table.add_column(column, justify="right")
-    table.add_column("alerts firing", no_wrap=True)
-    table.add_column("client saw (status: count)", no_wrap=True)
-    seen = "\n".join(f"{s or 'failed'}: {n}" for s, n in sorted(stats.statuses.items()))
+        table.add_column(column, justify="right", no_wrap=True, min_width=6)
+    table.add_column("alerts firing")
+    table.add_column("responses (status: count)")
+    seen = ", ".join(f"{s or 'failed'}: {n}" for s, n in sorted(stats.statuses.items()))
     table.add_row(
         fmt(summary.rps, ".1f"),
         fmt(summary.p95_ms, ".0f"),
         fmt(summary.queue, ".0f"),
         fmt(summary.errors, ".2f"),
-        "\n".join(summary.firing) or "none",
+        "\n".join(name.removeprefix("Inference") for name in summary.firing) or "none",
         seen or "-",
     )
     table.caption = f"from {source}"
@@ -516,7 +516,8 @@ async def run_demo(
                 else:
                     summary = client_summary(stats)
                     source = "the load generator (no Prometheus)"
-                progress.update(task, completed=(time.monotonic() - begun) % duration)
+                elapsed = time.monotonic() - begun
+                progress.update(task, completed=elapsed % duration if repeat else elapsed)
                 live.update(Group(progress, summary_table(phase, summary, stats, source)))
 
             interrupted = False
