@@ -66,14 +66,19 @@ def _legend(template: str, labels: dict[str, str]) -> str:
 
 
 def panel_series(
-    prometheus: str, panel: dict[str, Any], start: float, end: float, step: float
+    prometheus: str,
+    panel: dict[str, Any],
+    start: float,
+    end: float,
+    step: float,
+    rate_interval: str = RATE_INTERVAL,
 ) -> list[Series]:
     out = []
     for target in panel.get("targets", []):
         expr = target.get("expr")
         if not expr or target.get("hide"):
             continue
-        for result in query_range(prometheus, substitute(expr), start, end, step):
+        for result in query_range(prometheus, substitute(expr, rate_interval), start, end, step):
             points = [(float(t), float(v)) for t, v in result["values"]]
             points = [(t, v) for t, v in points if math.isfinite(v)]
             if points:
@@ -89,8 +94,12 @@ def render_dashboard(
     out: Path,
     minutes: float = 15.0,
     end: float | None = None,
+    rate_interval: str = RATE_INTERVAL,
 ) -> Path:
-    """Query every panel over the last ``minutes`` and write the dashboard as a PNG."""
+    """Query every panel over the last ``minutes`` and write the dashboard as a PNG.
+
+    ``rate_interval`` stands for Grafana's ``$__rate_interval``: four scrape intervals at least.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +121,7 @@ def render_dashboard(
         height = pos["h"] / rows
         axes = figure.add_axes((left + 0.01, 1 - top - height + 0.03, width - 0.02, height - 0.06))
         axes.set_title(panel.get("title", ""), fontsize=10, loc="left")
-        series = panel_series(prometheus, panel, start, end, step)
+        series = panel_series(prometheus, panel, start, end, step, rate_interval)
         if not series:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", color="grey")
             axes.set_xticks([])
@@ -150,6 +159,9 @@ def add_arguments(parser: Any) -> None:
     )
     render.add_argument("--minutes", type=float, default=15.0, help="time range (default 15)")
     render.add_argument("--out", type=Path, default=Path("dashboard.png"))
+    render.add_argument(
+        "--rate-interval", default=RATE_INTERVAL, help="for $__rate_interval (default: 1m)"
+    )
 
 
 def run(args: Any) -> int:
@@ -165,7 +177,9 @@ def run(args: Any) -> int:
         return 1
     dashboard = dashboards.dashboards(GenerateOptions())[f"inferwatch-{args.dashboard}.json"]
     try:
-        written = render_dashboard(dashboard, args.prometheus, args.out, args.minutes)
+        written = render_dashboard(
+            dashboard, args.prometheus, args.out, args.minutes, rate_interval=args.rate_interval
+        )
     except (OSError, RuntimeError) as exc:
         print(f"inferwatch dashboards render: {exc}", file=sys.stderr)
         return 1

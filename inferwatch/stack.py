@@ -572,7 +572,11 @@ def render_overview(prometheus: str, workdir: Path, duration: float) -> Path:
 
     overview = dashboards.dashboards(GenerateOptions())["inferwatch-overview.json"]
     return render_dashboard(
-        overview, prometheus, workdir / "overview.png", minutes=max(1.0, duration / 60 + 0.5)
+        overview,
+        prometheus,
+        workdir / "overview.png",
+        minutes=max(1.0, duration / 60 + 0.5),
+        rate_interval="10s",  # the demo scrapes every second
     )
 
 

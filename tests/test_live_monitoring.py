@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -36,11 +35,13 @@ from inferwatch import generate, monitor_inference
 from inferwatch.generate import autoscaling, dashboards
 from inferwatch.generate.options import GenerateOptions
 from inferwatch.gpu import start_gpu_metrics
+from inferwatch.render import substitute
 
 LOOPBACK = "127.0.0.1"
 NAMESPACE = "serving"
 POD = "model-server-0"
 SCALE = 1 / 60  # burn-rate windows: 1h -> 1m, 5m -> 5s; `for` 2m -> 2s
+RATE_INTERVAL = "15s"  # what Grafana would use for $__rate_interval with a 1 s scrape
 
 KSM_METRICS = (
     "# TYPE kube_horizontalpodautoscaler_status_current_replicas gauge\n"
@@ -161,13 +162,6 @@ class Webhook:
         app.router.add_post("/alerts", receive)
         app.router.add_get("/metrics", ksm)
         return app
-
-
-def substitute(expr: str) -> str:
-    """A panel query as Grafana sends it: template variables filled in."""
-    expr = expr.replace("$__rate_interval", "15s").replace("$__interval", "5s")
-    expr = expr.replace("${__rate_interval}", "15s").replace("$__range", "5m")
-    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:[a-z]+)?\}|\$[A-Za-z_][A-Za-z0-9_]*", ".*", expr)
 
 
 async def query(http: aiohttp.ClientSession, prom: str, expr: str) -> list[dict[str, Any]]:
@@ -348,8 +342,8 @@ async def test_dashboards_rules_adapter_and_alerts_live(
                 missing = []
                 for name, dashboard in dashboards.dashboards(options).items():
                     for title, expr in dashboards.panel_queries(dashboard):
-                        if not finite(await query(http, prom, substitute(expr))):
-                            missing.append(f"{name}: {title}: {substitute(expr)}")
+                        if not finite(await query(http, prom, substitute(expr, RATE_INTERVAL))):
+                            missing.append(f"{name}: {title}: {substitute(expr, RATE_INTERVAL)}")
                 return missing
 
             async def all_panels_have_data() -> bool:
