@@ -83,7 +83,7 @@ PHASES = (
         0.2,
         8,
         "the model server hangs: timeouts burn the error budget",
-        hang_server=0.6,
+        hang_server=0.8,
     ),
     Phase("burst", 0.2, 96, "a burst that fills the sidecar's queue", batch=(8, 32)),
     Phase("slow", 0.2, 8, "a latency spike (the server stalls now and then)", pause_every=0.6),
@@ -441,6 +441,9 @@ async def run_demo(
                 # a short upstream timeout, so the hang phase produces timeouts quickly
                 *("--upstream-timeout", "1", "--ready-interval", "0.5"),
                 *("--drain-quiet-period", "0", "--drain-timeout", "5"),
+                # Prometheus scrapes every second: while the server hangs, give up on its own
+                # /metrics quickly so the sidecar's (the timeouts) still arrive in time.
+                *("--scrape-timeout", "0.3"),
             ],
         )
         if alertmanager_bin:

@@ -1,4 +1,4 @@
-"""`inferwatch demo --duration 60`: the whole stack as processes, checked afterwards."""
+"""`inferwatch demo --duration 80`: the whole stack as processes, checked afterwards."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_demo_runs_the_stack_and_cleans_up(tmp_path: Path) -> None:
         pytest.fail("prometheus is not installed: run `make test`, which installs it")
     workdir = tmp_path / "demo"
     ports = [arg for name in PORTS for arg in (f"--{name}-port", "0")]
-    command = [sys.executable, "-m", "inferwatch", "demo", "--duration", "60"]
+    command = [sys.executable, "-m", "inferwatch", "demo", "--duration", "80"]
     done = subprocess.run(
         [*command, "--workdir", str(workdir), *ports],
         capture_output=True,
