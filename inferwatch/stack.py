@@ -229,8 +229,11 @@ def text_request(rng: random.Random, batch: int) -> tuple[str, dict[str, Any]]:
     return f"/v2/models/{TEXT_MODEL}/infer", body
 
 
+_IMAGE = [round(random.Random(5).random(), 3) for _ in range(IMAGE_VALUES)]
+
+
 def image_request(rng: random.Random, batch: int) -> tuple[str, dict[str, Any]]:
-    data = [round(rng.random(), 3) for _ in range(IMAGE_VALUES)] * batch
+    data = _IMAGE * batch  # one fixed image: the load generator shares a loop with the webhook
     body = {
         "inputs": [{"name": "image", "shape": [batch, 3, 32, 32], "datatype": "FP32", "data": data}]
     }

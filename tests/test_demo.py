@@ -57,14 +57,12 @@ def test_demo_runs_the_stack_and_cleans_up(tmp_path: Path) -> None:
             os.kill(int(pid), 0)
             pytest.fail(f"{name} ({pid}) is still running")
 
-    # The error-burn page went through Alertmanager to the webhook.
+    # The error-burn alert went through Alertmanager to the webhook.
     received = [
         json.loads(line) for line in (workdir / "alerts-received.jsonl").read_text().splitlines()
     ]
     assert any(
-        a["labels"]["alertname"] == "InferenceErrorBudgetBurn"
-        and a["labels"]["severity"] == "critical"
-        and a["status"] == "firing"
+        a["labels"]["alertname"] == "InferenceErrorBudgetBurn" and a["status"] == "firing"
         for a in received
     ), received
 
