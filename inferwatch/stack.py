@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import logging
 import random
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +29,6 @@ from typing import Any
 
 import aiohttp
 import yaml
-from aiohttp import web
 
 from inferwatch import generate, schema
 from inferwatch.generate.options import GenerateOptions
@@ -105,16 +106,37 @@ class ClientStats:
 
 
 class Webhook:
-    """Alertmanager's receiver: logs every notification and keeps them."""
+    """Alertmanager's receiver: logs every notification and keeps them.
 
-    def __init__(self, path: Path) -> None:
+    It serves from its own thread, so a load generator keeping the event loop busy cannot
+    delay Alertmanager's notifications.
+    """
+
+    def __init__(self, path: Path, port: int) -> None:
         self.path = path
         self.alerts: list[dict[str, Any]] = []
+        webhook = self
 
-    async def receive(self, request: web.Request) -> web.Response:
-        doc = await request.json()
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    webhook.receive(json.loads(self.rfile.read(length)))
+                except (ValueError, KeyError, TypeError):
+                    self.send_response(400)
+                else:
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the alerts are logged, not the requests
+
+        self._server = http.server.ThreadingHTTPServer((LOOPBACK, port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def receive(self, doc: dict[str, Any]) -> None:
         with self.path.open("a") as out:
-            for alert in doc.get("alerts", []):
+            for alert in doc["alerts"]:
                 self.alerts.append(alert)
                 out.write(json.dumps(alert) + "\n")
                 log.info(
@@ -123,12 +145,13 @@ class Webhook:
                     alert["labels"].get("alertname"),
                     alert["labels"].get("severity"),
                 )
-        return web.Response(text="ok")
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/alerts", self.receive)
-        return app
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 class Processes:
@@ -233,7 +256,7 @@ _IMAGE = [round(random.Random(5).random(), 3) for _ in range(IMAGE_VALUES)]
 
 
 def image_request(rng: random.Random, batch: int) -> tuple[str, dict[str, Any]]:
-    data = _IMAGE * batch  # one fixed image: the load generator shares a loop with the webhook
+    data = _IMAGE * batch  # one fixed image: cheap to send
     body = {
         "inputs": [{"name": "image", "shape": [batch, 3, 32, 32], "datatype": "FP32", "data": data}]
     }
@@ -417,13 +440,15 @@ async def run_demo(
     alertmanager_bin = tool("prometheus-alertmanager", "alertmanager")
     python = sys.executable
     procs = Processes(logs)
-    webhook = Webhook(workdir / "alerts-received.jsonl")
-    runner = web.AppRunner(webhook.app(), access_log=None)
+    webhook = Webhook(workdir / "alerts-received.jsonl", ports.webhook)
+    # SIGTERM stops the demo as Ctrl-C does: every child process is stopped, none left behind.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     stats = ClientStats()
     png: Path | None = None
     try:
-        await runner.setup()
-        await web.TCPSite(runner, LOOPBACK, ports.webhook).start()
+        webhook.start()
         procs.start(
             "server",
             [
@@ -553,7 +578,7 @@ async def run_demo(
                 raise asyncio.CancelledError
     finally:
         procs.stop_all()
-        await runner.cleanup()
+        webhook.close()
     return DemoResult(workdir, webhook.alerts, png, dict(stats.statuses))
 
 
@@ -622,7 +647,7 @@ def run(args: Any) -> int:
         firing = sorted({a["labels"]["alertname"] for a in result.alerts})
         print(f"alerts delivered to the webhook: {', '.join(firing) or 'none'}")
         return 0
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("stopped")
         return 0
     except (RuntimeError, OSError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -111,3 +112,33 @@ def test_demo_runs_the_stack_and_cleans_up(tmp_path: Path) -> None:
         finally:
             reopened.terminate()
             reopened.wait(timeout=30)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_everything(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    workdir = tmp_path / "demo"
+    ports = [arg for name in PORTS for arg in (f"--{name}-port", "0")]
+    command = [sys.executable, "-m", "inferwatch", "demo", "--no-render"]
+    with subprocess.Popen(
+        [*command, "--workdir", str(workdir), *ports],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as demo:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # until the stack is up and the load has begun
+            if "inferwatch demo is running" in line:
+                break
+        else:
+            pytest.fail("the demo ended before it was running")
+        demo.send_signal(stop_signal)
+        output, _ = demo.communicate(timeout=120)
+    assert demo.returncode == 0, output[-3000:]
+    assert output.rstrip().endswith("stopped")
+    pids = dict(line.split() for line in (workdir / "logs" / "pids").read_text().splitlines())
+    assert set(pids) == {"server", "sidecar", "alertmanager", "prometheus"}
+    for name, pid in pids.items():
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+            pytest.fail(f"{name} ({pid}) is still running")
