@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextvars
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
@@ -37,6 +38,7 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry
 
 from inferwatch import schema
+from inferwatch import tracing as _tracing
 from inferwatch.metrics import inference_metrics
 
 log = logging.getLogger(__name__)
@@ -60,13 +62,28 @@ class BatcherClosed(Exception):
 
 
 class _Entry:
-    __slots__ = ("enqueued", "future", "item", "queued")
+    __slots__ = ("enqueued", "future", "item", "queued", "span")
 
-    def __init__(self, item: Any, future: asyncio.Future[Any], enqueued: float) -> None:
+    def __init__(
+        self, item: Any, future: asyncio.Future[Any], enqueued: float, span: Any = None
+    ) -> None:
         self.item = item
         self.future = future
         self.enqueued = enqueued
         self.queued = True
+        self.span = span  # the submitting request's span (tracing on), for links and exemplars
+
+
+def _span_error_type(exc: BaseException) -> str:
+    if isinstance(exc, (Overloaded, BatcherClosed)):
+        return schema.REASON_REJECTED
+    if isinstance(exc, asyncio.CancelledError):
+        return schema.REASON_CANCELLED
+    return type(exc).__qualname__
+
+
+def _exemplar(entry: _Entry) -> dict[str, str] | None:
+    return _tracing.exemplar_of(entry.span) if _tracing.exemplars else None
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -147,6 +164,8 @@ class DynamicBatcher(Generic[T, R]):
         :meth:`close`. Cancelling the caller while the item waits removes it from the queue:
         the model never sees it.
         """
+        if _tracing.enabled:
+            return (await self._submit_traced((item,)))[0]
         entry = self._admit((item,))[0]
         try:
             return await entry.future
@@ -162,6 +181,8 @@ class DynamicBatcher(Generic[T, R]):
         """
         if not items:
             return []
+        if _tracing.enabled:
+            return await self._submit_traced(items)
         entries = self._admit(items)
         try:
             outcomes = await asyncio.gather(*(e.future for e in entries), return_exceptions=True)
@@ -173,7 +194,29 @@ class DynamicBatcher(Generic[T, R]):
                 raise outcome
         return outcomes  # type: ignore[return-value]
 
-    def _admit(self, items: Sequence[T]) -> list[_Entry]:
+    async def _submit_traced(self, items: Sequence[T]) -> list[R]:
+        """submit/submit_many inside a span that covers the queue wait and the batch."""
+        attributes = _tracing.model_attributes(
+            schema.SOURCE_APP, self.model_name, self.model_version
+        )
+        attributes[_tracing.ATTR_BATCH_SIZE] = len(items)
+        with _tracing.inference_span(
+            f"inference {self.model_name}", attributes, _span_error_type
+        ) as span:
+            entries = self._admit(items, span)
+            try:
+                outcomes = await asyncio.gather(
+                    *(e.future for e in entries), return_exceptions=True
+                )
+            except asyncio.CancelledError:
+                self._forget(entries)
+                raise
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            return outcomes  # type: ignore[return-value]
+
+    def _admit(self, items: Sequence[T], span: Any = None) -> list[_Entry]:
         m = self._m
         count = len(items)
         if self._closing:
@@ -191,11 +234,12 @@ class DynamicBatcher(Generic[T, R]):
             )
         loop = asyncio.get_running_loop()
         if self._dispatcher is None or self._dispatcher.done():
-            self._dispatcher = loop.create_task(self._dispatch_forever())
+            # A fresh context: the dispatcher outlives the request that happened to start it.
+            self._dispatcher = contextvars.Context().run(loop.create_task, self._dispatch_forever())
             self._dispatcher.add_done_callback(self._dispatcher_done)
         now = loop.time()
         was_empty = not queue
-        entries = [_Entry(item, loop.create_future(), now) for item in items]
+        entries = [_Entry(item, loop.create_future(), now, span) for item in items]
         queue.extend(entries)
         m.queue_length.inc(count)
         m.active.inc(count)
@@ -286,8 +330,14 @@ class DynamicBatcher(Generic[T, R]):
         m.queue_length.dec(size)
         m.batch_size.observe(size)
         observe_queue = m.queue_duration.observe
+        traced = False
         for entry in batch:
-            observe_queue(started - entry.enqueued)
+            if entry.span is None:
+                observe_queue(started - entry.enqueued)
+            else:
+                observe_queue(started - entry.enqueued, _exemplar(entry))
+                traced = traced or entry.span.is_recording()
+        batch_span = self._start_batch_span(batch) if traced else None
         error: BaseException | None = None
         results: Sequence[R] = ()
         try:
@@ -303,10 +353,17 @@ class DynamicBatcher(Generic[T, R]):
             error = exc
             log.debug("batch of %d for %s failed", size, self.model_name, exc_info=True)
         finished = loop.time()
+        if batch_span is not None:
+            _tracing.end_span(
+                batch_span, error, None if error is None else type(error).__qualname__
+            )
         observe = m.duration.observe
         succeeded = 0
         for index, entry in enumerate(batch):
-            observe(finished - entry.enqueued)
+            if entry.span is None:
+                observe(finished - entry.enqueued)
+            else:
+                observe(finished - entry.enqueued, _exemplar(entry))
             future = entry.future
             if future.cancelled():
                 m.record_failure(schema.REASON_CANCELLED)
@@ -319,6 +376,26 @@ class DynamicBatcher(Generic[T, R]):
         if succeeded:
             m.success.inc(succeeded)
         m.active.dec(size)
+
+    def _start_batch_span(self, batch: list[_Entry]) -> Any:
+        """A root span for one executed batch, linked to the span of each request in it;
+        recorded when any of those requests is (its links lead somewhere)."""
+        requests: dict[int, Any] = {}
+        for entry in batch:
+            if entry.span is not None and entry.span.is_recording():
+                requests.setdefault(id(entry.span), entry.span)
+        attributes = _tracing.model_attributes(
+            schema.SOURCE_APP, self.model_name, self.model_version
+        )
+        attributes[_tracing.ATTR_BATCH_SIZE] = len(batch)
+        attributes[_tracing.ATTR_BATCH_REQUESTS] = len(requests)
+        return _tracing.start_span(
+            f"batch {self.model_name}",
+            _tracing.otel_context.Context(),
+            links=[_tracing.Link(span.get_span_context()) for span in requests.values()],
+            attributes=attributes,
+            sample=True,
+        )
 
     # --- closing ------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, overload
 from prometheus_client import CollectorRegistry
 
 from inferwatch import schema
+from inferwatch import tracing as _tracing
 from inferwatch.metrics import ModelInstruments, inference_metrics
 
 log = logging.getLogger(__name__)
@@ -148,14 +149,15 @@ def monitor_inference(
         )
         extract = _batch_extractor(fn, batch_size)
         if inspect.isasyncgenfunction(fn):
-            wrapper: Callable[..., Any] = _wrap_async_generator(fn, m, extract)
+            make: Callable[..., Callable[..., Any]] = _wrap_async_generator
         elif inspect.isgeneratorfunction(fn):
-            wrapper = _wrap_generator(fn, m, extract)
+            make = _wrap_generator
         elif inspect.iscoroutinefunction(fn):
-            wrapper = _wrap_coroutine(fn, m, extract)
+            make = _wrap_coroutine
         else:
-            wrapper = _wrap_function(fn, m, extract)
-        return functools.wraps(fn)(wrapper)  # type: ignore[return-value]
+            make = _wrap_function
+        traced = _Traced(make, fn, m, extract)
+        return functools.wraps(fn)(make(fn, m, extract, traced))  # type: ignore[return-value]
 
     if func is not None:
         return decorate(func)
@@ -163,14 +165,156 @@ def monitor_inference(
 
 
 # The wrappers bind children's methods to locals: attribute lookups are a measurable part of a
-# call that otherwise costs about a microsecond.
+# call that otherwise costs about a microsecond. While tracing is off a call reads one flag,
+# ``_tracing.enabled``; when it is on, the call goes to the traced variant of the same wrapper
+# (built on first use), which runs inside a span and attaches exemplars to latency.
 
 
-def _wrap_function(fn: Callable[..., Any], m: ModelInstruments, extract: Any) -> Callable[..., Any]:
+def _span_error_type(exc: BaseException) -> str:
+    return _reason(exc) if isinstance(exc, _CANCELLED) else type(exc).__qualname__
+
+
+class _Traced:
+    """The traced variant of a wrapper: a span around the wrapper built on exemplar children."""
+
+    __slots__ = ("_args", "_attributes", "_inner", "_make", "_name", "_plain")
+
+    def __init__(self, make: Callable[..., Any], fn: Any, m: ModelInstruments, extract: Any):
+        self._make = make
+        self._args = (fn, m, extract)
+        self._inner: Callable[..., Any] | None = None
+        self._plain: Callable[..., Any] | None = None
+        self._name = f"inference {m.model_name}"
+        self._attributes = _tracing.model_attributes(m.source, m.model_name, m.model_version)
+
+    def _wrapper(self, span: Any = None) -> Callable[..., Any]:
+        """The wrapper to run inside ``span``: exemplars only when it is recorded."""
+        if span is not None and not span.is_recording():
+            plain = self._plain
+            if plain is None:
+                fn, m, extract = self._args
+                plain = self._plain = self._make(fn, m, extract, None)
+            return plain
+        inner = self._inner
+        if inner is None:
+            fn, m, extract = self._args
+            inner = self._inner = self._make(fn, _tracing.with_exemplars(m), extract, None)
+        return inner
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        with _tracing.inference_span(self._name, self._attributes, _span_error_type) as span:
+            return self._wrapper(span)(*args, **kwargs)
+
+    async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        with _tracing.inference_span(self._name, self._attributes, _span_error_type) as span:
+            return await self._wrapper(span)(*args, **kwargs)
+
+    def generator(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Generator[Any, Any, Any]:
+        # The span is current only while the wrapped generator runs, never across a yield.
+        span = _tracing.start_span(self._name, attributes=self._attributes)
+        ctx = _tracing.trace.set_span_in_context(span)
+        attach, detach = _tracing.otel_context.attach, _tracing.otel_context.detach
+        token = attach(ctx)
+        try:
+            gen = self._wrapper()(*args, **kwargs)
+            item = next(gen)
+        except StopIteration as stop:
+            detach(token)
+            _tracing.end_span(span, None)
+            return stop.value
+        except BaseException as exc:
+            detach(token)
+            _tracing.end_span(span, exc, _span_error_type(exc))
+            raise
+        detach(token)
+        error: BaseException | None = None
+        try:
+            while True:
+                thrown: BaseException | None = None
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    token = attach(ctx)
+                    try:
+                        gen.close()
+                    finally:
+                        detach(token)
+                    raise
+                except BaseException as exc:
+                    thrown = exc
+                    sent = None
+                token = attach(ctx)
+                try:
+                    item = gen.throw(thrown) if thrown is not None else gen.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                finally:
+                    detach(token)
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _tracing.end_span(span, error, None if error is None else _span_error_type(error))
+
+    async def async_generator(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncGenerator[Any, Any]:
+        span = _tracing.start_span(self._name, attributes=self._attributes)
+        ctx = _tracing.trace.set_span_in_context(span)
+        attach, detach = _tracing.otel_context.attach, _tracing.otel_context.detach
+        error: BaseException | None = None
+        gen = None
+        try:
+            token = attach(ctx)
+            try:
+                gen = self._wrapper()(*args, **kwargs)
+                item = await gen.__anext__()
+            finally:
+                detach(token)
+            while True:
+                thrown: BaseException | None = None
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    token = attach(ctx)
+                    try:
+                        await gen.aclose()
+                    finally:
+                        detach(token)
+                    raise
+                except BaseException as exc:
+                    thrown = exc
+                    sent = None
+                token = attach(ctx)
+                try:
+                    if thrown is not None:
+                        item = await gen.athrow(thrown)
+                    else:
+                        item = await gen.asend(sent)
+                finally:
+                    detach(token)
+        except StopAsyncIteration:
+            return
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _tracing.end_span(span, error, None if error is None else _span_error_type(error))
+
+
+def _wrap_function(
+    fn: Callable[..., Any], m: ModelInstruments, extract: Any, traced: _Traced | None
+) -> Callable[..., Any]:
     active_inc, active_dec = m.active.inc, m.active.dec
     observe, success = m.duration.observe, m.success.inc
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if traced is not None and _tracing.enabled:
+            return traced.call(args, kwargs)
         if extract is not None:
             _observe_batch(extract, m, args, kwargs)
         active_inc()
@@ -191,12 +335,14 @@ def _wrap_function(fn: Callable[..., Any], m: ModelInstruments, extract: Any) ->
 
 
 def _wrap_coroutine(
-    fn: Callable[..., Any], m: ModelInstruments, extract: Any
+    fn: Callable[..., Any], m: ModelInstruments, extract: Any, traced: _Traced | None
 ) -> Callable[..., Any]:
     active_inc, active_dec = m.active.inc, m.active.dec
     observe, success = m.duration.observe, m.success.inc
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if traced is not None and _tracing.enabled:
+            return await traced.call_async(args, kwargs)
         if extract is not None:
             _observe_batch(extract, m, args, kwargs)
         active_inc()
@@ -217,9 +363,11 @@ def _wrap_coroutine(
 
 
 def _wrap_generator(
-    fn: Callable[..., Any], m: ModelInstruments, extract: Any
+    fn: Callable[..., Any], m: ModelInstruments, extract: Any, traced: _Traced | None
 ) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        if traced is not None and _tracing.enabled:
+            return (yield from traced.generator(args, kwargs))
         if extract is not None:
             _observe_batch(extract, m, args, kwargs)
         m.active.inc()
@@ -264,9 +412,25 @@ def _wrap_generator(
 
 
 def _wrap_async_generator(
-    fn: Callable[..., Any], m: ModelInstruments, extract: Any
+    fn: Callable[..., Any], m: ModelInstruments, extract: Any, traced: _Traced | None
 ) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        if traced is not None and _tracing.enabled:
+            agen = traced.async_generator(args, kwargs)
+            try:
+                item = await agen.__anext__()
+                while True:
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        await agen.aclose()
+                        raise
+                    except BaseException as exc:
+                        item = await agen.athrow(exc)
+                    else:
+                        item = await agen.asend(sent)
+            except StopAsyncIteration:
+                return
         if extract is not None:
             _observe_batch(extract, m, args, kwargs)
         m.active.inc()
@@ -316,7 +480,7 @@ class track_inference:
     ``t.first_byte()`` when a streamed answer sends its first chunk. Works with ``async with``.
     """
 
-    __slots__ = ("_m", "_start", "batch_size")
+    __slots__ = ("_m", "_span", "_start", "batch_size")
 
     def __init__(
         self,
@@ -329,6 +493,7 @@ class track_inference:
         self._m = inference_metrics(registry).model(schema.SOURCE_APP, model_name, model_version)
         self.batch_size = batch_size
         self._start = 0.0
+        self._span: Any = None
 
     def first_byte(self) -> None:
         """Mark the first chunk of a streamed answer (observes time to first byte)."""
@@ -342,9 +507,21 @@ class track_inference:
             self._m.tokens_output.inc(output)
 
     def __enter__(self) -> track_inference:
+        if _tracing.enabled:
+            self._enter_span()
         self._m.active.inc()
         self._start = perf_counter()
         return self
+
+    def _enter_span(self) -> None:
+        m = self._m
+        self._span = _tracing.inference_span(
+            f"inference {m.model_name}",
+            _tracing.model_attributes(m.source, m.model_name, m.model_version),
+            _span_error_type,
+        )
+        self._span.__enter__()
+        self._m = _tracing.with_exemplars(m)
 
     def __exit__(
         self,
@@ -361,6 +538,10 @@ class track_inference:
             m.success.inc()
         else:
             m.record_failure(_reason(exc))
+        span = self._span
+        if span is not None:
+            self._span = None
+            span.__exit__(exc_type, exc, tb)
 
     async def __aenter__(self) -> track_inference:
         return self.__enter__()

@@ -122,6 +122,9 @@ def _otel_env(service_name: str) -> dict[str, str]:
         "OTEL_SERVICE_NAME": service_name,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{COLLECTOR}:{OTLP_GRPC_PORT}",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        # A tenth of new traces; a caller's sampled traceparent is always followed.
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
     }
 
 

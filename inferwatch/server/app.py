@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from inferwatch import tracing
 from inferwatch._version import __version__
 from inferwatch.batching import BatcherClosed, DynamicBatcher, Overloaded
 from inferwatch.exposition import metrics_handler
@@ -352,7 +353,11 @@ def create_app(
     """The server's application; ``runners`` default to :func:`build_runners` of ``config``."""
     config = config or ServerConfig()
     server = ModelServer(config, build_runners(config) if runners is None else runners, registry)
-    app = web.Application(middlewares=[_json_errors], client_max_size=config.max_body_bytes)
+    # The tracing middleware is outermost: its span sees the status _json_errors answers with.
+    app = web.Application(
+        middlewares=[tracing.aiohttp_middleware, _json_errors],
+        client_max_size=config.max_body_bytes,
+    )
     app[SERVER_KEY] = server
 
     async def on_startup(app: web.Application) -> None:

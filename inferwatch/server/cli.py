@@ -123,6 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="log every request (aiohttp's access log; off by default: it costs throughput)",
     )
     parser.add_argument(
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="OpenTelemetry traces, exported as the OTEL_* variables say (default: on when "
+        "OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set)",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         type=_non_negative_float,
         default=30.0,
@@ -156,6 +163,13 @@ def run(args: argparse.Namespace) -> int:
         runners = build_runners(config)
     except ValueError as exc:
         print(f"inferwatch serve: error: {exc}", file=sys.stderr)
+        return 2
+    from inferwatch import tracing
+
+    try:
+        tracing.setup_tracing(args.tracing, default_service_name="inferwatch-server")
+    except tracing.TracingConfigError as exc:
+        print(f"inferwatch serve: bad tracing configuration: {exc}", file=sys.stderr)
         return 2
     return _run_loop(
         _serve(config, runners, args.host, args.port, args.shutdown_timeout, args.access_log)

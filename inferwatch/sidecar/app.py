@@ -20,12 +20,18 @@ from aiohttp import ClientError, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from inferwatch import schema
+from inferwatch import tracing as _tracing
 from inferwatch.metrics import BoundedLabel, InferenceMetrics, ModelInstruments
 from inferwatch.sidecar.admission import Admission, Rejected
 from inferwatch.sidecar.config import SidecarConfig
 from inferwatch.sidecar.health import Drainer, UpstreamHealth
 from inferwatch.sidecar.httpserver import Request
-from inferwatch.sidecar.protocols import Classifier, SSEUsageScanner, usage_from_json
+from inferwatch.sidecar.protocols import (
+    Classifier,
+    RequestInfo,
+    SSEUsageScanner,
+    usage_from_json,
+)
 from inferwatch.sidecar.upstream import HOP_BY_HOP, ConnectFailed, UpstreamPool, request_head
 
 log = logging.getLogger(__name__)
@@ -123,6 +129,39 @@ def _response_headers(raw_headers: tuple[tuple[bytes, bytes], ...]) -> list[tupl
     return kept
 
 
+_TRACE_HEADERS = frozenset((b"traceparent", b"tracestate"))
+
+
+def _end_proxy_span(
+    span: Any,
+    method: str,
+    info: RequestInfo | None,
+    status: int,
+    error: BaseException | None,
+    default: str,
+) -> None:
+    """Name the span after the route, set what the request turned out to be, end it."""
+    if info is not None:
+        span.update_name(f"{method} {info.route}")
+        attributes: dict[str, Any] = {_tracing.ATTR_HTTP_ROUTE: info.route}
+        if info.is_inference:
+            attributes[_tracing.ATTR_SOURCE] = schema.SOURCE_SIDECAR
+            attributes[_tracing.ATTR_MODEL_NAME] = info.model_name or default
+            if info.model_version:
+                attributes[_tracing.ATTR_MODEL_VERSION] = info.model_version
+            if info.batch_size is not None:
+                attributes[_tracing.ATTR_BATCH_SIZE] = info.batch_size
+        span.set_attributes(attributes)
+    if status:
+        span.set_attribute(_tracing.ATTR_HTTP_STATUS, status)
+    if error is not None and not isinstance(error, _Gone):
+        _tracing.end_span(span, error, _tracing.error_type_of(span) or type(error).__qualname__)
+    elif status >= 500 and _tracing.error_type_of(span) is None:
+        _tracing.end_span(span, None, str(status))
+    else:
+        span.end()
+
+
 class _Gone(Exception):
     """The client went away, or the answer had to be cut: close the upstream connection."""
 
@@ -158,6 +197,10 @@ class Proxy:
             self._local[config.health_path] = self.health_endpoint
         if config.ready_path:
             self._local[config.ready_path] = self.ready_endpoint
+        if _tracing.enabled:
+            # Chosen once: with tracing off the request path is exactly the untraced one.
+            self._proxy = self._traced_proxy  # type: ignore[method-assign]
+            self.instruments = self._traced_instruments  # type: ignore[method-assign]
 
     # --- probes (answered here, never forwarded) -----------------------------------------------
 
@@ -179,6 +222,55 @@ class Proxy:
         name = self._model_label(model_name or self.config.default_model)
         version = self._version_label(model_version) if model_version else ""
         return self.metrics.model(schema.SOURCE_SIDECAR, name, version)
+
+    def _traced_instruments(
+        self, model_name: str | None, model_version: str | None
+    ) -> ModelInstruments:
+        """The children whose latency observations carry the current span as exemplar."""
+        m: ModelInstruments = _tracing.with_exemplars(
+            Proxy.instruments(self, model_name, model_version)
+        )
+        return m
+
+    async def _traced_proxy(self, request: Request, path: str, start: float) -> RequestInfo:
+        """:meth:`_proxy` inside a SERVER span that continues the client's ``traceparent``
+        and whose context goes upstream in place of the client's. A request that is not
+        sampled gets no span: only a ``traceparent`` of its own goes upstream."""
+        headers = request.headers
+        outgoing = _tracing.unsampled_traceparent(headers.get("traceparent"))
+        if outgoing is not None:
+            request.raw_headers = (
+                *((n, v) for n, v in request.raw_headers if n.lower() != b"traceparent"),
+                (b"traceparent", outgoing.encode()),
+            )
+            return await Proxy._proxy(self, request, path, start)
+        parent = _tracing.extract_context(headers)
+        method = request.method
+        span = _tracing.start_sampled_root(
+            method,
+            parent,
+            kind=_tracing.SpanKind.SERVER,
+            attributes={_tracing.ATTR_HTTP_METHOD: method, _tracing.ATTR_URL_PATH: path},
+        )
+        ctx = _tracing.trace.set_span_in_context(span, parent)
+        request.raw_headers = (
+            *((n, v) for n, v in request.raw_headers if n.lower() not in _TRACE_HEADERS),
+            *((k.encode(), v.encode()) for k, v in _tracing.inject_headers(ctx).items()),
+        )
+        conn = request.conn
+        conn.status = 0
+        token = _tracing.otel_context.attach(ctx)
+        error: BaseException | None = None
+        info: RequestInfo | None = None
+        try:
+            info = await Proxy._proxy(self, request, path, start)
+            return info
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _tracing.otel_context.detach(token)
+            _end_proxy_span(span, method, info, conn.status, error, self.config.default_model)
 
     # --- the proxy ---------------------------------------------------------------------------
 
@@ -205,7 +297,7 @@ class Proxy:
         finally:
             drainer.finished()
 
-    async def _proxy(self, request: Request, path: str, start: float) -> None:
+    async def _proxy(self, request: Request, path: str, start: float) -> RequestInfo:
         method = request.method
         info = self.classifier.classify(method, path)
         headers = request.headers
@@ -246,7 +338,7 @@ class Proxy:
                 m.batch_size.observe(info.batch_size)
         if too_large:
             await self._too_large(request, m, start)
-            return
+            return info
 
         admission = self.admission
         if admission is not None:
@@ -254,7 +346,7 @@ class Proxy:
                 if m is not None:
                     m.queue_duration.observe(0.0)
             elif not await self._wait_for_admission(request, admission, m, start):
-                return
+                return info
         try:
             if m is not None:
                 m.active.inc()
@@ -266,6 +358,7 @@ class Proxy:
         finally:
             if admission is not None:
                 admission.release()
+        return info
 
     async def _wait_for_admission(
         self, request: Request, admission: Admission, m: ModelInstruments | None, start: float

@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
     except config_module.ConfigError as exc:
         print(f"inferwatch sidecar: bad configuration: {exc}", file=sys.stderr)
         return 2
+    try:
+        check_tracing(config)
+    except ValueError as exc:
+        print(f"inferwatch sidecar: bad tracing configuration: {exc}", file=sys.stderr)
+        return 2
     if config.workers > 1:
         from inferwatch.sidecar.workers import run_workers
 
@@ -55,23 +60,43 @@ def run(args: argparse.Namespace) -> int:
 
     from inferwatch.sidecar.server import Sidecar
 
+    start_tracing(config)
+
     async def main() -> None:
         sidecar = Sidecar(config, _default_registry())
         if config.gpu_metrics:
             start_gpu(sidecar.registry, config.gpu_interval)
-        try:
-            await sidecar.start()
-        except BaseException:
-            await sidecar.stop()
-            raise
-        await sidecar.serve_until_signalled()
+        await sidecar.run()
 
+    pusher = None
+    if config.otlp_metrics:
+        from inferwatch.otlp_metrics import start_otlp_metrics
+
+        pusher = start_otlp_metrics(_default_registry())
     try:
         run_loop(main())
     except OSError as exc:
         print(f"inferwatch sidecar: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if pusher is not None:
+            pusher.close()  # a last push with the final counts
     return 0
+
+
+def check_tracing(config: config_module.SidecarConfig) -> None:
+    """Fail at start on OTEL_* values that tracing could not use (raises ValueError)."""
+    from inferwatch import tracing
+
+    if config.tracing is not False:
+        tracing.resolve_settings()
+
+
+def start_tracing(config: config_module.SidecarConfig) -> bool:
+    """Tracing for this process (each worker calls it once it runs: never before a fork)."""
+    from inferwatch import tracing
+
+    return tracing.setup_tracing(config.tracing, default_service_name="inferwatch-sidecar")
 
 
 def _default_registry() -> Any:

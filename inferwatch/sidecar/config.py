@@ -71,6 +71,8 @@ class SidecarConfig:
     drain_timeout: float = 120.0
     gpu_metrics: bool = False
     gpu_interval: float = 5.0
+    tracing: bool | None = None  # None: on when OTEL_* configure an exporter
+    otlp_metrics: bool = False
 
     @property
     def queue_limit(self) -> int:
@@ -147,6 +149,15 @@ def _bool(raw: Any) -> bool:
     if text in ("0", "false", "no", "off", ""):
         return False
     raise ValueError("must be true or false")
+
+
+def _auto_bool(raw: Any) -> bool | None:
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() == "auto"):
+        return None
+    try:
+        return _bool(raw)
+    except ValueError:
+        raise ValueError("must be true, false or auto") from None
 
 
 def _address(raw: Any) -> Address:
@@ -289,6 +300,20 @@ FIELDS: tuple[Field, ...] = (
     Field("drain_timeout", _seconds(), "most seconds to wait for in-flight requests", "S"),
     Field("gpu_metrics", _bool, "also export NVML GPU metrics on the admin port", None),
     Field("gpu_interval", _seconds(), "seconds between GPU samples", "S"),
+    Field(
+        "tracing",
+        _auto_bool,
+        "OpenTelemetry traces, exported as the OTEL_* variables say (default auto: on when "
+        "OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set)",
+        None,
+    ),
+    Field(
+        "otlp_metrics",
+        _bool,
+        "also push the inference metrics over OTLP (OTEL_EXPORTER_OTLP_[METRICS_]* and "
+        "OTEL_METRIC_EXPORT_INTERVAL configure it)",
+        None,
+    ),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 
@@ -311,7 +336,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "default": argparse.SUPPRESS,
             "help": f"{f.help} [env {env_name(f.name)}]",
         }
-        if f.parse is _bool:
+        if f.parse is _bool or f.parse is _auto_bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif f.repeatable:
             kwargs["action"] = "append"

@@ -107,6 +107,7 @@ class Connection(BaseProtocol):
         self.keep_alive = True
         self.started = False
         self.finished = False
+        self.status = 0  # of the answer sent last (its span reads it)
         self._chunked = False
         self._head_only = False
 
@@ -241,6 +242,7 @@ class Connection(BaseProtocol):
     ) -> bytes:
         """Status line and headers; decides the framing (length, chunked or close)."""
         self._head_only = request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
+        self.status = status
         if self.server.closing:
             self.keep_alive = False
         self._chunked = False

@@ -42,10 +42,15 @@ logger = logging.getLogger(__name__)
 
 MAX_UPSTREAM_BYTES = 32 * 1024 * 1024  # an upstream exposition larger than this is left out
 DEFAULT_SCRAPE_TIMEOUT = 10.0  # Prometheus' default scrape_timeout
-# Asked of the upstream: the text format, which every model server speaks. client_python's
-# OpenMetrics output (0.2x) writes colon names (vllm:...) differently in TYPE lines and samples,
-# and model servers attach no exemplars, so text loses nothing. An OpenMetrics answer is read.
+# Asked of the upstream for a text scrape: the text format, which every model server speaks.
 UPSTREAM_ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
+# Asked for an OpenMetrics scrape, so that exemplars (trace ids on the app's latency buckets)
+# come through. client_python's OpenMetrics output (0.2x) writes colon names (vllm:...)
+# differently in TYPE lines and samples: an upstream that does so is asked for text from then on.
+UPSTREAM_ACCEPT_OPENMETRICS = (
+    "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+_COLON_TYPE_LINE = re.compile(rb"^# TYPE [^ :]*:", re.MULTILINE)
 CONTENT_TYPE_OPENMETRICS = openmetrics.CONTENT_TYPE_LATEST
 CONTENT_TYPE_TEXT = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -556,6 +561,7 @@ class _UpstreamState:
     )
     last_reason: str | None = None
     warned: set[str] = field(default_factory=set)
+    text_only: bool = False  # its OpenMetrics output is not usable (colon names)
 
 
 _STATES: dict[str, _UpstreamState] = {}
@@ -597,10 +603,12 @@ def _decode(body: bytes, encoding: str) -> bytes:
     return out
 
 
-async def _get(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[bytes, str]:
+async def _get(
+    session: aiohttp.ClientSession, url: str, timeout: float, accept: str
+) -> tuple[bytes, str]:
     async with session.get(
         url,
-        headers={"Accept": UPSTREAM_ACCEPT, "Accept-Encoding": "gzip"},
+        headers={"Accept": accept, "Accept-Encoding": "gzip"},
         timeout=aiohttp.ClientTimeout(total=timeout),
         allow_redirects=False,
         auto_decompress=False,
@@ -620,16 +628,42 @@ async def _get(session: aiohttp.ClientSession, url: str, timeout: float) -> tupl
         )
 
 
-async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[bytes, str]:
+async def _fetch(
+    session: aiohttp.ClientSession, url: str, timeout: float, accept: str = UPSTREAM_ACCEPT
+) -> tuple[bytes, str]:
     """The upstream's exposition and its Content-Type, within ``timeout`` seconds."""
     try:
-        return await asyncio.wait_for(_get(session, url, timeout), timeout)
+        return await asyncio.wait_for(_get(session, url, timeout, accept), timeout)
     except asyncio.TimeoutError:
         raise _ScrapeError(schema.SCRAPE_TIMEOUT, f"no answer within {timeout:.2f} s") from None
     except aiohttp.ClientPayloadError as exc:
         raise _ScrapeError(schema.SCRAPE_INVALID, f"bad body: {exc}") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise _ScrapeError(schema.SCRAPE_UNREACHABLE, f"{type(exc).__name__}: {exc}") from None
+
+
+def _is_openmetrics(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == "application/openmetrics-text"
+
+
+async def _fetch_for(
+    session: aiohttp.ClientSession, url: str, timeout: float, om: bool, state: _UpstreamState
+) -> tuple[bytes, str]:
+    """OpenMetrics (with exemplars) for an OpenMetrics scrape when the upstream writes it
+    correctly; text otherwise."""
+    if not om or state.text_only:
+        return await _fetch(session, url, timeout)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    body, content_type = await _fetch(session, url, timeout, UPSTREAM_ACCEPT_OPENMETRICS)
+    if _is_openmetrics(content_type) and _COLON_TYPE_LINE.search(body):
+        state.text_only = True
+        logger.info("upstream %s writes colon names badly in OpenMetrics: asking for text", url)
+        left = timeout - (loop.time() - started)
+        if left <= 0:
+            raise _ScrapeError(schema.SCRAPE_TIMEOUT, f"no answer within {timeout:.2f} s")
+        return await _fetch(session, url, left)
+    return body, content_type
 
 
 def _upstream_families(body: bytes, content_type: str) -> list[Family]:
@@ -679,8 +713,8 @@ async def merged_metrics(
     if upstream_url:
         state = _STATES.setdefault(upstream_url, _UpstreamState())
         try:
-            body, upstream_type = await _fetch(
-                session, upstream_url, _fetch_timeout(scrape_timeout)
+            body, upstream_type = await _fetch_for(
+                session, upstream_url, _fetch_timeout(scrape_timeout), om, state
             )
             upstream = await asyncio.to_thread(_upstream_families, body, upstream_type)
             state.last_reason = None

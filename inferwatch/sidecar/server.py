@@ -143,6 +143,15 @@ class Sidecar:
         if self.session is not None:
             await self.session.close()
 
+    async def run(self) -> None:
+        """Start (cleaning up whatever did start if that fails), then serve until signalled."""
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        await self.serve_until_signalled()
+
     async def serve_until_signalled(self) -> None:
         """Run until SIGTERM/SIGINT (or a drain asked for on the admin port), drain, stop."""
         loop = asyncio.get_running_loop()

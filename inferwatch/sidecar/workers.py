@@ -147,6 +147,7 @@ class Supervisor:
 
 
 def run_workers(config: SidecarConfig) -> int:
+    from inferwatch.otlp_metrics import start_otlp_metrics
     from inferwatch.sidecar.cli import run_loop, start_gpu
 
     multiproc_dir = tempfile.mkdtemp(prefix="inferwatch-sidecar-")
@@ -154,7 +155,12 @@ def run_workers(config: SidecarConfig) -> int:
         supervisor = Supervisor(config, multiproc_dir)
         if config.gpu_metrics:
             start_gpu(supervisor.registry, config.gpu_interval)
-        run_loop(supervisor.run())
+        pusher = start_otlp_metrics(supervisor.registry) if config.otlp_metrics else None
+        try:
+            run_loop(supervisor.run())
+        finally:
+            if pusher is not None:
+                pusher.close()
     except OSError as exc:
         print(f"inferwatch sidecar: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -170,21 +176,17 @@ def _worker_main(raw_config: str, log_level: str) -> None:
     """One proxy process (started by the supervisor, with the multiprocess directory set)."""
     from prometheus_client import disable_created_metrics
 
-    from inferwatch.sidecar.cli import run_loop
+    from inferwatch.sidecar.cli import run_loop, start_tracing
     from inferwatch.sidecar.server import Sidecar
 
     disable_created_metrics()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = from_dict(json.loads(raw_config))
+    start_tracing(config)
 
     async def main() -> None:
         sidecar = Sidecar(config, CollectorRegistry(), admin=False, reuse_port=True)
-        try:
-            await sidecar.start()
-        except BaseException:
-            await sidecar.stop()
-            raise
-        await sidecar.serve_until_signalled()
+        await sidecar.run()
 
     try:
         run_loop(main())

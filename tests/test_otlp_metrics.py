@@ -1,0 +1,161 @@
+"""OTLP metrics export of the inference families, received by a real OTLP/gRPC MetricsService."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
+from prometheus_client import CollectorRegistry
+from sidecar_support import running_upstream, unused_port, v2_body
+
+from inferwatch import monitor_inference, schema
+from inferwatch.otlp_metrics import start_otlp_metrics
+
+
+class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
+        self.lock = threading.Lock()
+
+    def Export(
+        self, request: metrics_service_pb2.ExportMetricsServiceRequest, context: Any
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        with self.lock:
+            self.requests.append(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+@contextmanager
+def metrics_receiver() -> Iterator[tuple[str, _MetricsService]]:
+    service = _MetricsService()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", service
+    finally:
+        server.stop(grace=None)
+
+
+def _attributes(point: Any) -> dict[str, str]:
+    return {a.key: a.value.string_value for a in point.attributes}
+
+
+def test_the_inference_families_arrive_as_otlp_metrics(registry: CollectorRegistry) -> None:
+    @monitor_inference(model_name="m", model_version="2", registry=registry)
+    def predict(items: list[int]) -> list[int]:
+        return items
+
+    for _ in range(3):
+        predict([1, 2])
+    with metrics_receiver() as (endpoint, service):
+        exporter = start_otlp_metrics(registry, protocol="grpc", endpoint=endpoint, interval=3600)
+        try:
+            assert exporter.export_now()
+        finally:
+            exporter.close()  # pushes once more
+    assert len(service.requests) == 2
+    (resource_metrics,) = service.requests[0].resource_metrics
+    (scope,) = resource_metrics.scope_metrics
+    metrics = {m.name: m for m in scope.metrics}
+    assert set(metrics) == {f.name.removesuffix("_total") for f in schema.INFERENCE_FAMILIES}
+    labels = {"source": "app", "model_name": "m", "model_version": "2"}
+
+    total = metrics["model_inference"]
+    assert total.sum.is_monotonic
+    assert total.sum.aggregation_temporality == 2  # CUMULATIVE
+    values = {tuple(sorted(_attributes(p).items())): p.as_double for p in total.sum.data_points}
+    assert values[tuple(sorted({**labels, "status": "success"}.items()))] == 3.0
+
+    duration = metrics[schema.INFERENCE_DURATION.name]
+    assert duration.unit == "s"
+    (point,) = duration.histogram.data_points
+    assert _attributes(point) == labels
+    assert point.count == 3
+    assert list(point.explicit_bounds) == list(schema.INFERENCE_DURATION.buckets or ())
+    assert len(point.bucket_counts) == len(point.explicit_bounds) + 1
+    assert sum(point.bucket_counts) == 3
+    assert not point.HasField("min")
+
+    (batch,) = metrics[schema.BATCH_SIZE.name].histogram.data_points
+    assert (batch.count, batch.sum) == (3, 6.0)
+    (active,) = metrics[schema.ACTIVE_REQUESTS.name].gauge.data_points
+    assert active.as_double == 0.0
+
+
+def test_a_bad_protocol_or_interval_is_a_clear_error(registry: CollectorRegistry) -> None:
+    with pytest.raises(ValueError, match=r"^protocol must be grpc or http/protobuf, got 'udp'$"):
+        start_otlp_metrics(registry, protocol="udp")
+    with pytest.raises(ValueError, match=r"^interval must be > 0 seconds, got 0\.0$"):
+        start_otlp_metrics(registry, interval=0.0)
+
+
+async def test_the_sidecar_pushes_its_metrics_when_asked() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    with metrics_receiver() as (endpoint, service):
+        env.update(
+            OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=endpoint,
+            OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="grpc",
+            OTEL_METRIC_EXPORT_INTERVAL="100",
+        )
+        async with running_upstream() as upstream, aiohttp.ClientSession() as session:
+            port = unused_port()
+            proc = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "inferwatch", "sidecar", "--upstream", upstream.url),
+                *("--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{unused_port()}"),
+                *("--otlp-metrics", "--drain-quiet-period", "0"),
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            try:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 30
+                while True:
+                    assert proc.returncode is None
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/ready") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    assert loop.time() < deadline, "the sidecar never became ready"
+                    await asyncio.sleep(0.05)
+                url = f"http://127.0.0.1:{port}/v2/models/resnet/infer"
+                async with session.post(url, data=v2_body(4)) as response:
+                    assert response.status == 200
+
+                def successes() -> float:
+                    with service.lock:
+                        requests = list(service.requests)
+                    for request in reversed(requests):
+                        for rm in request.resource_metrics:
+                            for sm in rm.scope_metrics:
+                                for m in sm.metrics:
+                                    if m.name != "model_inference":
+                                        continue
+                                    for p in m.sum.data_points:
+                                        if _attributes(p).get("status") == "success":
+                                            return p.as_double
+                    return 0.0
+
+                while successes() != 1.0:
+                    assert loop.time() < deadline, "no pushed success count"
+                    await asyncio.sleep(0.05)
+            finally:
+                proc.terminate()
+                assert await asyncio.wait_for(proc.wait(), 20) == 0
