@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 
@@ -31,6 +32,14 @@ def promtool() -> str:
     if path is None:
         pytest.fail("promtool is not installed: run `make test`, which installs it")
     return path
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (bound, then released), for a server that must
+    be told its port before it starts (Prometheus, Alertmanager) or for 'nothing there'."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def promtool_check_metrics(promtool: str, text: str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
+from conftest import free_port
 from prometheus_client import CollectorRegistry
 
 from inferwatch.sidecar.config import Address, SidecarConfig
@@ -229,12 +230,8 @@ async def running_sidecar(
 
 
 def unused_port() -> int:
-    """A loopback port nothing listens on (bound, then released): 'upstream down'."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on: 'upstream down'."""
+    return free_port()
 
 
 def metric(sidecar: Sidecar, name: str, **labels: str) -> float:

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 
 PORTS = ("server", "sidecar", "admin", "prometheus", "alertmanager", "webhook")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def query(port: int, expr: str) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +26,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from conftest import free_port
 from fake_pynvml import FakeGpu, build, clear_visible_devices, install
 from prometheus_client import CollectorRegistry, generate_latest
 from sidecar_support import running_sidecar
@@ -57,12 +57,6 @@ KSM_METRICS = (
     f'kube_horizontalpodautoscaler_spec_min_replicas{{namespace="{NAMESPACE}",'
     'horizontalpodautoscaler="model-server"} 1\n'
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:

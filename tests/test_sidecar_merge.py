@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import promtool_check_metrics
+from conftest import free_port, promtool_check_metrics
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import (
@@ -674,13 +673,6 @@ def test_rendering_our_own_families_is_byte_identical_to_client_python() -> None
 
 
 # --- a real Prometheus scrapes the merged endpoint ----------------------------------------------
-
-
-def free_port() -> int:
-    """A loopback port for Prometheus' web listener (it cannot report one bound to port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_prometheus_ingests_the_merged_openmetrics(tmp_path: Path) -> None:
