@@ -169,6 +169,19 @@ def test_short_windows_for_live_tests_still_parse(tmp_path: Path, promtool: str)
     assert "ratio_rate1m" in files[generate.RECORDING_RULES]  # the 1h window scaled to 1m
 
 
+def test_short_windows_shrink_alertmanager_waits(tmp_path: Path, amtool: str) -> None:
+    # A page that fires for a few seconds in a shrunk run must outlast group_wait to be sent.
+    files = generate.render(GenerateOptions(window_scale=1 / 60))
+    config = yaml.safe_load(files[generate.ALERTMANAGER])
+    assert config["route"]["group_wait"] == "1s"  # 30s / 60, never under a second
+    assert config["route"]["group_interval"] == "5s"
+    assert config["route"]["routes"][0]["group_wait"] == "1s"
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(files[generate.ALERTMANAGER])
+    done = run(amtool, "check-config", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_only_server_side_failures_spend_the_budget() -> None:
     expr = promql.errors_expr("5m")
     for reason in schema.SERVER_SIDE_REASONS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from inferwatch.generate import promql
 from inferwatch.generate.options import GenerateOptions
 
 GROUP_BY = ["alertname", "namespace", "model_name"]
@@ -11,6 +12,11 @@ GROUP_BY = ["alertname", "namespace", "model_name"]
 
 def alertmanager_config(options: GenerateOptions) -> dict[str, Any]:
     """Critical alerts page, warnings open tickets; a critical silences its own warning."""
+
+    def wait(seconds: float) -> str:
+        # window_scale shrinks group timings along with the rule windows (never under 1 s), so
+        # a burn that fires for a few seconds in a scaled-down run is still delivered.
+        return promql.duration(max(1.0, round(seconds * options.window_scale)))
 
     def receiver(name: str) -> dict[str, Any]:
         return {
@@ -22,15 +28,15 @@ def alertmanager_config(options: GenerateOptions) -> dict[str, Any]:
         "route": {
             "receiver": "tickets",
             "group_by": GROUP_BY,
-            "group_wait": "30s",
-            "group_interval": "5m",
-            "repeat_interval": "4h",
+            "group_wait": wait(30),
+            "group_interval": wait(300),
+            "repeat_interval": wait(4 * 3600),
             "routes": [
                 {
                     "receiver": "pager",
                     "matchers": ['severity="critical"'],
-                    "group_wait": "10s",
-                    "repeat_interval": "1h",
+                    "group_wait": wait(10),
+                    "repeat_interval": wait(3600),
                 },
             ],
         },
