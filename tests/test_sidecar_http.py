@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -229,6 +230,69 @@ async def test_informational_answers_from_the_upstream_are_skipped() -> None:
         ):
             assert resp.status == 200
             assert await resp.read() == b"{}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_keep_alive_connection_closed_under_a_request_is_retried_once() -> None:
+    """The upstream closes a kept-alive connection just as a request goes out on it (an idle
+    timeout racing the request): a request whose body is in hand is sent again on a new
+    connection; a streamed upload cannot be, and fails with a 502."""
+    seen: list[tuple[int, bytes]] = []  # (connection number, request head) in arrival order
+    connections = 0
+
+    async def racing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if b"Transfer-Encoding: chunked" in head:
+                    await reader.readuntil(b"0\r\n\r\n")
+                else:
+                    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                    await reader.readexactly(length)
+                seen.append((number, head))
+                if len(seen) in (2, 4):  # the 2nd and 4th requests: gone without an answer
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(racing, LOOPBACK, 0)
+    url = f"http://{LOOPBACK}:{server.sockets[0].getsockname()[1]}"
+    labels = {"model_name": "m", "model_version": ""}
+    try:
+        async with (
+            running_sidecar(url, upstream_ready_path="") as sc,
+            aiohttp.ClientSession() as session,
+        ):
+            assert sc.proxy is not None
+            infer = f"http://{LOOPBACK}:{sc.proxy_port}/v2/models/m/infer"
+            for _ in range(2):  # the second one meets the closing connection
+                async with session.post(infer, data=v2_body(1)) as resp:
+                    assert resp.status == 200
+                    assert await resp.read() == b"{}"
+            assert [number for number, _ in seen] == [1, 1, 2]  # sent again, on a new one
+            assert sc.proxy.pool.opened == 2
+            assert metric(sc, "model_inference_total", status="success", **labels) == 2
+
+            async def upload() -> Any:  # no Content-Length: streamed, chunked upstream
+                yield v2_body(1)
+
+            async with session.post(infer, data=upload()) as resp:
+                assert resp.status == 502
+                assert (await resp.json())["reason"] == "upstream_failed"
+            assert [number for number, _ in seen] == [1, 1, 2, 2]  # not sent again
+            assert metric(sc, "model_inference_total", status="error", **labels) == 1
+            failures = {"reason": "server_error", **labels}
+            assert metric(sc, "model_inference_failures_total", **failures) == 1
+            assert metric(sc, "model_active_requests", model_name="m") == 0
     finally:
         server.close()
         await server.wait_closed()
