@@ -167,6 +167,34 @@ class OtlpMetricsExporter:
         self._exporter.shutdown()
 
 
+def otlp_metrics_settings(
+    interval: float | None = None, protocol: str | None = None
+) -> tuple[float, str]:
+    """The push interval (seconds) and protocol: arguments, else the OTEL_* variables, else
+    the specification's defaults. Raises ValueError naming what is wrong, so a command can
+    refuse to start (before it forks workers) rather than fail later."""
+    env = os.environ
+    if interval is None:
+        text = env.get("OTEL_METRIC_EXPORT_INTERVAL", "60000")
+        try:
+            interval = float(text) / 1000.0
+        except ValueError:
+            raise ValueError(
+                f"OTEL_METRIC_EXPORT_INTERVAL must be milliseconds, got {text!r}"
+            ) from None
+    if interval <= 0:
+        raise ValueError(f"interval must be > 0 seconds, got {interval}")
+    proto = (
+        protocol
+        or env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
+    if proto not in ("grpc", "http/protobuf"):
+        raise ValueError(f"protocol must be grpc or http/protobuf, got {proto!r}")
+    return interval, proto
+
+
 def start_otlp_metrics(
     registry: CollectorRegistry | None = None,
     *,
@@ -179,25 +207,15 @@ def start_otlp_metrics(
 ) -> OtlpMetricsExporter:
     """Push the inference families of ``registry`` (default: prometheus_client's; every
     process's in multiprocess mode) over OTLP until :meth:`OtlpMetricsExporter.close`."""
-    env = os.environ
-    if interval is None:
-        interval = float(env.get("OTEL_METRIC_EXPORT_INTERVAL", "60000")) / 1000.0
-    if interval <= 0:
-        raise ValueError(f"interval must be > 0 seconds, got {interval}")
+    interval, proto = otlp_metrics_settings(interval, protocol)
     if exporter is None:
-        proto = (
-            protocol
-            or env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
-            or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "http/protobuf"
-        )
         if proto == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
                 OTLPMetricExporter as GrpcExporter,
             )
 
             exporter = GrpcExporter(endpoint=endpoint, headers=dict(headers) if headers else None)
-        elif proto == "http/protobuf":
+        else:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
                 OTLPMetricExporter as HttpExporter,
             )
@@ -205,6 +223,4 @@ def start_otlp_metrics(
             if endpoint is not None and not endpoint.rstrip("/").endswith("/v1/metrics"):
                 endpoint = endpoint.rstrip("/") + "/v1/metrics"
             exporter = HttpExporter(endpoint=endpoint, headers=dict(headers) if headers else None)
-        else:
-            raise ValueError(f"protocol must be grpc or http/protobuf, got {proto!r}")
     return OtlpMetricsExporter(scrape_registry(registry), exporter, interval, frozenset(families))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from sidecar_support import running_upstream, unused_port, v2_body
 
 from inferwatch import monitor_inference, schema
 from inferwatch.otlp_metrics import start_otlp_metrics
+from inferwatch.server.app import TEXT_MODEL
 
 
 class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -104,58 +107,113 @@ def test_a_bad_protocol_or_interval_is_a_clear_error(registry: CollectorRegistry
         start_otlp_metrics(registry, interval=0.0)
 
 
-async def test_the_sidecar_pushes_its_metrics_when_asked() -> None:
+def _otlp_env(endpoint: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=endpoint,
+        OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="grpc",
+        OTEL_METRIC_EXPORT_INTERVAL="100",
+    )
+    return env
+
+
+def _pushed_successes(service: _MetricsService, model: str) -> float:
+    """The newest pushed model_inference{status="success"} of ``model`` (0 before any)."""
+    with service.lock:
+        requests = list(service.requests)
+    for request in reversed(requests):
+        for rm in request.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name != "model_inference":
+                        continue
+                    for p in m.sum.data_points:
+                        attributes = _attributes(p)
+                        if attributes.get("status") == "success" and (
+                            attributes.get("model_name") == model
+                        ):
+                            return float(p.as_double)
+    return 0.0
+
+
+async def _push_after_one_request(
+    command: list[str], ready: str, infer: str, body: bytes, model: str
+) -> None:
+    """Start ``command`` with OTLP metrics pointed at a receiver, wait until ``ready`` answers
+    200, send one inference, and wait for its success count to be pushed; it must then stop
+    cleanly on SIGTERM."""
     with metrics_receiver() as (endpoint, service):
-        env.update(
-            OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=endpoint,
-            OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="grpc",
-            OTEL_METRIC_EXPORT_INTERVAL="100",
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            env=_otlp_env(endpoint),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
-        async with running_upstream() as upstream, aiohttp.ClientSession() as session:
-            port = unused_port()
-            proc = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "inferwatch", "sidecar", "--upstream", upstream.url),
-                *("--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{unused_port()}"),
-                *("--otlp-metrics", "--drain-quiet-period", "0"),
-                env=env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            try:
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 30
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            async with aiohttp.ClientSession() as session:
                 while True:
-                    assert proc.returncode is None
+                    assert proc.returncode is None, "it exited before it was ready"
                     try:
-                        async with session.get(f"http://127.0.0.1:{port}/ready") as r:
+                        async with session.get(ready) as r:
                             if r.status == 200:
                                 break
                     except aiohttp.ClientError:
                         pass
-                    assert loop.time() < deadline, "the sidecar never became ready"
+                    assert loop.time() < deadline, "it never became ready"
                     await asyncio.sleep(0.05)
-                url = f"http://127.0.0.1:{port}/v2/models/resnet/infer"
-                async with session.post(url, data=v2_body(4)) as response:
+                async with session.post(infer, data=body) as response:
                     assert response.status == 200
+            while _pushed_successes(service, model) != 1.0:
+                assert loop.time() < deadline, "no pushed success count"
+                await asyncio.sleep(0.05)
+        finally:
+            proc.terminate()
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
 
-                def successes() -> float:
-                    with service.lock:
-                        requests = list(service.requests)
-                    for request in reversed(requests):
-                        for rm in request.resource_metrics:
-                            for sm in rm.scope_metrics:
-                                for m in sm.metrics:
-                                    if m.name != "model_inference":
-                                        continue
-                                    for p in m.sum.data_points:
-                                        if _attributes(p).get("status") == "success":
-                                            return p.as_double
-                    return 0.0
 
-                while successes() != 1.0:
-                    assert loop.time() < deadline, "no pushed success count"
-                    await asyncio.sleep(0.05)
-            finally:
-                proc.terminate()
-                assert await asyncio.wait_for(proc.wait(), 20) == 0
+async def test_the_sidecar_pushes_its_metrics_when_asked() -> None:
+    async with running_upstream() as upstream:
+        port = unused_port()
+        command = [
+            *(sys.executable, "-m", "inferwatch", "sidecar", "--upstream", upstream.url),
+            *("--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{unused_port()}"),
+            *("--otlp-metrics", "--drain-quiet-period", "0"),
+        ]
+        base = f"http://127.0.0.1:{port}"
+        await _push_after_one_request(
+            command, f"{base}/ready", f"{base}/v2/models/resnet/infer", v2_body(4), "resnet"
+        )
+
+
+async def test_the_model_server_pushes_its_metrics_when_asked() -> None:
+    port = unused_port()
+    command = [
+        *(sys.executable, "-m", "inferwatch", "serve", "--model-size", "tiny"),
+        *("--host", "127.0.0.1", "--port", str(port), "--otlp-metrics"),
+    ]
+    base = f"http://127.0.0.1:{port}"
+    body = json.dumps({"text": "hello"}).encode()
+    await _push_after_one_request(
+        command, f"{base}/v2/health/ready", f"{base}/predict", body, TEXT_MODEL
+    )
+
+
+@pytest.mark.parametrize("command", ["sidecar", "serve"])
+def test_a_bad_otlp_setting_stops_the_command_with_its_name(command: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_METRIC_EXPORT_INTERVAL"] = "soon"
+    flags = ["--upstream", "http://127.0.0.1:1"] if command == "sidecar" else []
+    done = subprocess.run(
+        [sys.executable, "-m", "inferwatch", command, *flags, "--otlp-metrics"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().endswith(
+        "bad OTLP metrics configuration: "
+        "OTEL_METRIC_EXPORT_INTERVAL must be milliseconds, got 'soon'"
+    ), done.stderr

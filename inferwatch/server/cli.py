@@ -130,6 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set)",
     )
     parser.add_argument(
+        "--otlp-metrics",
+        action="store_true",
+        help="also push the inference metrics over OTLP (OTEL_EXPORTER_OTLP_[METRICS_]* and "
+        "OTEL_METRIC_EXPORT_INTERVAL configure it)",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         type=_non_negative_float,
         default=30.0,
@@ -171,9 +177,22 @@ def run(args: argparse.Namespace) -> int:
     except tracing.TracingConfigError as exc:
         print(f"inferwatch serve: bad tracing configuration: {exc}", file=sys.stderr)
         return 2
-    return _run_loop(
-        _serve(config, runners, args.host, args.port, args.shutdown_timeout, args.access_log)
-    )
+    pusher = None
+    if args.otlp_metrics:
+        from inferwatch.otlp_metrics import start_otlp_metrics
+
+        try:
+            pusher = start_otlp_metrics()  # the server's families live on the default registry
+        except ValueError as exc:  # a bad OTEL_* value
+            print(f"inferwatch serve: bad OTLP metrics configuration: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return _run_loop(
+            _serve(config, runners, args.host, args.port, args.shutdown_timeout, args.access_log)
+        )
+    finally:
+        if pusher is not None:
+            pusher.close()  # a last push with the final counts
 
 
 def _run_loop(main: Any) -> int:

@@ -53,6 +53,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"inferwatch sidecar: bad tracing configuration: {exc}", file=sys.stderr)
         return 2
+    if config.otlp_metrics:
+        from inferwatch.otlp_metrics import otlp_metrics_settings
+
+        try:
+            otlp_metrics_settings()
+        except ValueError as exc:
+            print(f"inferwatch sidecar: bad OTLP metrics configuration: {exc}", file=sys.stderr)
+            return 2
     if config.workers > 1:
         from inferwatch.sidecar.workers import run_workers
 
