@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,10 +25,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from compose_spec import PyCompose
+from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 from sidecar_support import running_upstream
 
-from inferwatch import generate
+from inferwatch import generate, tracing
 from inferwatch.generate import compose, kubernetes
 from inferwatch.generate import dashboards as dashboards_module
 from inferwatch.generate.options import GenerateOptions
@@ -361,6 +364,46 @@ def test_gpu_goes_to_the_model_container_only(tree: Path) -> None:
     assert sidecar_settings(sidecar["args"]).gpu_metrics is False
     assert sidecar_settings(sidecar["args"]).metrics_url == "http://127.0.0.1:8000/metrics"
     assert server_settings(server["args"]).device == "auto"
+
+
+def kubelet_env(spec: dict[str, Any], pod: str, namespace: str) -> dict[str, str]:
+    """A container's environment as the kubelet sets it: downward-API fields, and $(VAR)
+    references to variables defined earlier in the list expanded."""
+    fields = {"metadata.name": pod, "metadata.namespace": namespace}
+    env: dict[str, str] = {}
+    for var in spec["env"]:
+        if "valueFrom" in var:
+            env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            env[var["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"]
+            )
+    return env
+
+
+@pytest.mark.parametrize(
+    ("name", "service"),
+    [
+        (kubernetes.SERVER_CONTAINER, "model-server"),
+        (kubernetes.SIDECAR_CONTAINER, "model-server-sidecar"),
+    ],
+)
+def test_containers_name_themselves_for_opentelemetry_without_turning_tracing_on(
+    tree: Path, name: str, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = one(kustomize(overlay(tree, "base")), "Deployment")
+    env = kubelet_env(container(deployment, name), "model-server-7d9f-x2b4q", "serving")
+    for key in [k for k in os.environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert tracing.setup_tracing(None) is False  # no exporter configured: tracing stays off
+    attributes = Resource.create().attributes  # what the SDK makes of them once it is on
+    assert attributes["service.name"] == service
+    assert attributes["k8s.pod.name"] == "model-server-7d9f-x2b4q"
+    assert attributes["k8s.namespace.name"] == "serving"
+    assert attributes["k8s.container.name"] == name
+    assert attributes["k8s.deployment.name"] == deployment["metadata"]["name"]
 
 
 def test_read_only_sidecar_has_a_writable_tmp(tree: Path) -> None:

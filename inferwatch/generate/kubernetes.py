@@ -94,7 +94,32 @@ def _security_context(read_only_root: bool) -> dict[str, Any]:
     }
 
 
-def server_container() -> dict[str, Any]:
+def otel_env(options: GenerateOptions, container: str, service_name: str) -> list[dict[str, Any]]:
+    """Who is sending, for traces and OTLP metrics: the service name and the Kubernetes
+    resource attributes (semantic conventions), the pod's from the downward API. They switch
+    nothing on: tracing starts only once an exporter is configured (OTEL_EXPORTER_OTLP_ENDPOINT
+    or OTEL_TRACES_EXPORTER, e.g. added by a kustomize patch)."""
+
+    def field(name: str, path: str) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    attributes = ",".join(
+        (
+            "k8s.namespace.name=$(POD_NAMESPACE)",
+            "k8s.pod.name=$(POD_NAME)",
+            f"k8s.container.name={container}",
+            f"k8s.deployment.name={options.deployment}",
+        )
+    )
+    return [
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        {"name": "OTEL_SERVICE_NAME", "value": service_name},
+        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": attributes},
+    ]
+
+
+def server_container(options: GenerateOptions) -> dict[str, Any]:
     """The reference model server; it owns the GPU, so it also exports the gpu_* families.
 
     NVML in a container sees only the GPUs assigned to that container, and the device plugin
@@ -115,6 +140,7 @@ def server_container() -> dict[str, Any]:
             *("--device", "auto"),
             *("--shutdown-timeout", str(SERVER_SHUTDOWN_TIMEOUT)),
         ],
+        "env": otel_env(options, SERVER_CONTAINER, options.deployment),
         "ports": [{"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "resources": {
             "requests": {"cpu": "2", "memory": "4Gi"},
@@ -142,7 +168,7 @@ def server_container() -> dict[str, Any]:
     }
 
 
-def sidecar_container() -> dict[str, Any]:
+def sidecar_container(options: GenerateOptions) -> dict[str, Any]:
     return {
         "name": SIDECAR_CONTAINER,
         "image": f"{SIDECAR_IMAGE}:{IMAGE_TAG}",
@@ -154,6 +180,7 @@ def sidecar_container() -> dict[str, Any]:
             *("--drain-quiet-period", str(DRAIN_QUIET_PERIOD)),
             *("--drain-timeout", str(DRAIN_TIMEOUT)),
         ],
+        "env": otel_env(options, SIDECAR_CONTAINER, f"{options.deployment}-sidecar"),
         "ports": [
             {"name": PROXY_PORT_NAME, "containerPort": PROXY_PORT, "protocol": "TCP"},
             {"name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"},
@@ -208,7 +235,7 @@ def deployment(options: GenerateOptions) -> dict[str, Any]:
                         "runAsNonRoot": True,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [server_container(), sidecar_container()],
+                    "containers": [server_container(options), sidecar_container(options)],
                     "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}],
                 },
             },
