@@ -174,3 +174,38 @@ async def test_upstream_dying_mid_stream_cuts_the_client_and_counts_server_error
         labels = {"model_name": "gen", "model_version": ""}
         assert metric(sc, "model_inference_failures_total", reason="server_error", **labels) == 1
         assert metric(sc, "model_active_requests", model_name="gen") == 0
+
+
+async def test_upstream_that_stops_reading_an_upload_is_504_timeout() -> None:
+    """A streamed upload to an upstream that never reads it: the proxy cannot write more, and
+    gives up after the upstream timeout as it would for an answer that never comes."""
+    heads: list[bytes] = []
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.read(0)  # and never again: the socket buffers fill up
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(deaf, LOOPBACK, 0)
+    upstream = f"http://{LOOPBACK}:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with (
+            running_sidecar(upstream, upstream_timeout=0.3, upstream_ready_path="") as sc,
+            aiohttp.ClientSession() as session,
+        ):
+
+            async def upload():  # type: ignore[no-untyped-def]
+                for _ in range(64):  # far more than the socket buffers hold
+                    yield b"0" * (1 << 20)
+
+            async with session.post(url(sc), data=upload(), headers=JSON) as resp:
+                assert resp.status == 504
+                assert (await resp.json())["reason"] == "upstream_timeout"
+            assert len(heads) == 1
+            assert_only_failure(sc, "timeout")
+    finally:
+        server.close()
+        await server.wait_closed()

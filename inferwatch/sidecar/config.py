@@ -276,7 +276,12 @@ FIELDS: tuple[Field, ...] = (
     Field("listen", _address, "proxy address (default :8080)", "ADDR"),
     Field("admin", _address, "admin address: /metrics, /health, /ready, /wait-for-drain", "ADDR"),
     Field("workers", _int(1), "proxy processes sharing the port (SO_REUSEPORT)", "N"),
-    Field("upstream_timeout", _seconds(), "seconds to wait for upstream headers or a chunk", "S"),
+    Field(
+        "upstream_timeout",
+        _seconds(),
+        "seconds to wait for upstream headers, a chunk, or room for more of an upload",
+        "S",
+    ),
     Field("connect_timeout", _seconds(), "seconds to connect to the upstream", "S"),
     Field("max_body_bytes", _int(0), "request bodies larger get 413 (0: no limit)", "BYTES"),
     Field("parse_body_bytes", _int(0), "body prefix read to find model and batch size", "BYTES"),

@@ -211,7 +211,7 @@ class UpstreamPool:
             transport.write(head + body if body else head)
         else:
             transport.write(head)
-            await self._write_streamed(proto, body, chunked)
+            await self._write_streamed(proto, body, chunked, self.read_timeout)
         proto.start_timeout()
         message, payload = await proto.read()
         while 100 <= message.code < 200:  # 100 Continue, 103 Early Hints: the answer follows
@@ -220,9 +220,11 @@ class UpstreamPool:
 
     @staticmethod
     async def _write_streamed(
-        proto: ResponseHandler, body: AsyncIterable[bytes], chunked: bool
+        proto: ResponseHandler, body: AsyncIterable[bytes], chunked: bool, timeout: float
     ) -> None:
-        """The body as it arrives: raw under a Content-Length, else in chunked framing."""
+        """The body as it arrives: raw under a Content-Length, else in chunked framing. An
+        upstream that stops reading it for ``timeout`` seconds times out like one that stops
+        answering (504), rather than holding the request forever."""
         async for chunk in body:
             transport = proto.transport
             if transport is None:
@@ -234,7 +236,7 @@ class UpstreamPool:
             else:
                 transport.write(chunk)
             if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-                await proto._drain_helper()
+                await asyncio.wait_for(proto._drain_helper(), timeout)
         if chunked:
             if proto.transport is None:
                 raise ServerDisconnectedError()
