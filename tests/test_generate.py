@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +36,30 @@ def amtool() -> str:
 def test_committed_files_are_fresh() -> None:
     stale = generate.stale(ROOT)
     assert stale == [], f"regenerate with `inferwatch generate` and commit: {stale}"
+
+
+def test_generate_says_what_it_changed_and_leaves_the_rest_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["generate", "--out", str(tmp_path)]) == 0
+    total = len(generate.render())
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[-1]
+        .endswith(f": {total} created, 0 updated, 0 unchanged")
+    )
+    rules = tmp_path / generate.ALERTING_RULES
+    dashboard = tmp_path / "dashboards" / "inferwatch-overview.json"
+    rules.write_text("groups: []\n")
+    os.utime(dashboard, (1_000_000_000, 1_000_000_000))
+    assert cli.main(["generate", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"updated  {rules}",
+        f"{total} files under {tmp_path}: 0 created, 1 updated, {total - 1} unchanged",
+    ]
+    assert rules.read_text() == generate.render()[generate.ALERTING_RULES]
+    assert dashboard.stat().st_mtime == 1_000_000_000  # an unchanged file is not rewritten
 
 
 def test_generate_check_detects_a_stale_file(tmp_path: Path) -> None:

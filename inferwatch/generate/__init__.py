@@ -48,15 +48,23 @@ def render(options: GenerateOptions | None = None) -> dict[str, str]:
     return files
 
 
-def write(out: Path, options: GenerateOptions | None = None) -> list[Path]:
-    """Write every generated file under ``out``; returns the paths written."""
-    written = []
+def write(out: Path, options: GenerateOptions | None = None) -> dict[str, str]:
+    """Write every generated file under ``out`` that is missing or differs (unchanged files
+    keep their modification time); returns each file's status: created, updated or
+    unchanged."""
+    statuses = {}
     for relative, content in render(options).items():
         path = out / relative
+        if path.is_file():
+            if path.read_text() == content:
+                statuses[relative] = "unchanged"
+                continue
+            statuses[relative] = "updated"
+        else:
+            statuses[relative] = "created"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
-        written.append(path)
-    return written
+    return statuses
 
 
 def stale(root: Path, options: GenerateOptions | None = None) -> list[str]:

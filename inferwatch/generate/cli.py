@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
         if stale:
             print("run `inferwatch generate` and commit the result", file=sys.stderr)
         return 1 if stale else 0
-    for written in generate.write(args.out, options):
-        print(written)
+    statuses = generate.write(args.out, options)
+    for relative, status in statuses.items():
+        if status != "unchanged":
+            print(f"{status:8} {args.out / relative}")
+    counts = Counter(statuses.values())
+    print(
+        f"{len(statuses)} files under {args.out}: {counts['created']} created, "
+        f"{counts['updated']} updated, {counts['unchanged']} unchanged"
+    )
     return 0
