@@ -42,9 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        doc = (module.__doc__ or "").strip().splitlines()
-        summary = doc[0] if doc else name
-        command = sub.add_parser(name, help=summary, description=(module.__doc__ or "").strip())
+        text = (module.__doc__ or "").strip().replace("``", "")  # reST literals read as noise
+        summary = text.splitlines()[0] if text else name
+        command = sub.add_parser(
+            name,
+            help=summary,
+            description=text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the paragraphs
+        )
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser

@@ -1,4 +1,4 @@
-"""Draw a dashboard's panels as one PNG from a live Prometheus (``inferwatch dashboards render``).
+"""Draw a dashboard's panels as one PNG from a live Prometheus.
 
 For a look at a dashboard where no Grafana runs (a laptop demo, a CI artifact, a README): each
 panel's queries run as range queries and are drawn with matplotlib in the dashboard's own grid.

@@ -73,11 +73,11 @@ UNKNOWN = "unknown"
 # --- buckets ----------------------------------------------------------------------------------
 
 # Latency buckets. Prometheus' histogram_quantile interpolates linearly inside a bucket, so the
-# error of a p95 estimate is bounded by the width of the bucket the p95 falls in. The seed's HPA
-# scales on p95 at a 100 ms target: tests/test_schema.py shows the p95 estimate within 7% of the
+# error of a p95 estimate is bounded by the width of the bucket the p95 falls in. The generated
+# HPA scales on p95 at a 100 ms target: tests/test_schema.py shows the p95 estimate within 7% of the
 # true p95 for lognormal latencies whose p95 lies anywhere in 50-200 ms, however narrow or wide
-# the distribution (sigma 0.05 to 1), and within 4% for sigma >= 0.1. In the same sweep the
-# seed's buckets (.01, .05, .1, .5, 1, 2, 5) are off by up to 324%, client_python's defaults
+# the distribution (sigma 0.05 to 1), and within 4% for sigma >= 0.1. In the same sweep a
+# coarse set (.01, .05, .1, .5, 1, 2, 5) are off by up to 324%, client_python's defaults
 # by 116%. Coarser buckets cover 1 ms fast paths up to minute-long generations; 34 series per
 # histogram child in all.
 LATENCY_BUCKETS: tuple[float, ...] = (

@@ -1,4 +1,4 @@
-"""The whole stack on one machine, as plain processes, behind ``inferwatch demo``.
+"""Run the whole stack on one machine, as plain processes, under scripted load.
 
 The reference model server, the sidecar in front of it, Prometheus with the generated rules and
 Alertmanager delivering to a local webhook; then a scripted load (steady traffic, a model server

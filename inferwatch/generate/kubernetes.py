@@ -189,7 +189,7 @@ def sidecar_container(options: GenerateOptions) -> dict[str, Any]:
             "requests": {"cpu": "250m", "memory": "128Mi"},
             "limits": {"memory": "512Mi"},
         },
-        # The seed's probes, answered by the sidecar on the serving port: ready only while the
+        # The pod's probes, answered by the sidecar on the serving port: ready only while the
         # model server is ready (checked in the background) and the sidecar is not draining.
         "readinessProbe": {
             "httpGet": {"path": "/ready", "port": PROXY_PORT_NAME},

@@ -316,7 +316,7 @@ async def v1_predict(request: web.Request) -> web.Response:
     )
 
 
-# --- the seed's endpoints ---------------------------------------------------------------------
+# --- the simple JSON API ---------------------------------------------------------------------
 
 
 def _text_runner(server: ModelServer) -> TextRunner:

@@ -1,8 +1,8 @@
 """Run the reference model server: a text and an image classifier behind dynamic batching.
 
 Speaks Open Inference Protocol v2 (/v2/...), KServe V1 / TF Serving (/v1/models/<m>:predict)
-and the seed's /predict and /batch_predict; /metrics on the same port. SIGTERM or SIGINT stops
-accepting, finishes queued batches and exits 0.
+and a simple JSON API, /predict and /batch_predict; /metrics on the same port. SIGTERM or
+SIGINT stops accepting, finishes queued batches and exits 0.
 """
 
 from __future__ import annotations

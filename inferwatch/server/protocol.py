@@ -1,8 +1,8 @@
 """Request parsing and response building for the protocols the server speaks.
 
-Open Inference Protocol v2 (KServe V2, Triton), KServe V1 / TF Serving ``:predict`` and the
-seed's ``/predict`` and ``/batch_predict``. Parsers turn a decoded JSON body into the items a
-runner batches (UTF-8 bytes for text, float32 tensors for images) and raise
+Open Inference Protocol v2 (KServe V2, Triton), KServe V1 / TF Serving ``:predict`` and a
+simple JSON API, ``/predict`` and ``/batch_predict``. Parsers turn a decoded JSON body into the
+items a runner batches (UTF-8 bytes for text, float32 tensors for images) and raise
 :class:`RequestError` with a message that says what is wrong; nothing here touches HTTP.
 """
 
@@ -219,7 +219,7 @@ def v2_response(runner: ModelRunner, request: V2Request, rows: list[list[float]]
     return response
 
 
-# --- KServe V1 / TF Serving, and the seed's /predict ----------------------------------------
+# --- KServe V1 / TF Serving, and the simple /predict -----------------------------------------
 
 
 def _ranked(row: list[float], k: int) -> list[int]:
@@ -266,14 +266,14 @@ def parse_v1(body: Any, runner: ModelRunner, max_items: int) -> tuple[list[Any],
 
 
 def parse_predict(body: Any, runner: TextRunner) -> tuple[bytes, int]:
-    """The seed's ``{"text": "..."}``."""
+    """The simple API's ``{"text": "..."}``."""
     if not isinstance(body, dict) or "text" not in body:
         raise RequestError('the body must be a JSON object with a "text" string')
     return _text_item(body["text"], runner, '"text"'), _top_k(body.get("parameters"), runner)
 
 
 def parse_batch_predict(body: Any, runner: TextRunner, max_items: int) -> tuple[list[bytes], int]:
-    """The seed's ``{"texts": ["...", ...]}``."""
+    """The simple API's ``{"texts": ["...", ...]}``."""
     if not isinstance(body, dict) or not isinstance(body.get("texts"), list):
         raise RequestError('the body must be a JSON object with "texts": a list of strings')
     texts = body["texts"]
