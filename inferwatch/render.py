@@ -88,6 +88,179 @@ def panel_series(
     return out
 
 
+# Grafana's dark theme and its classic series palette, so the picture reads like the real thing.
+BACKGROUND = "#111217"
+PANEL = "#181b1f"
+TEXT = "#ccccdc"
+MUTED = "#8e8e9a"
+GRID = "#2c3235"
+PALETTE = (
+    "#73bf69",
+    "#f2cc0c",
+    "#8ab8ff",
+    "#ff780a",
+    "#f2495c",
+    "#5794f2",
+    "#b877d9",
+    "#705da0",
+    "#37872d",
+    "#fade2a",
+)
+MAX_SERIES = 10  # per panel; the legend says how many more there were
+
+_BINARY = (("Ti", 2.0**40), ("Gi", 2.0**30), ("Mi", 2.0**20), ("Ki", 2.0**10))
+_SI = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))
+
+
+def _number(value: float) -> str:
+    """Three significant digits, no trailing zeros (37.4, 0.25, 112)."""
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def _scaled(value: float, steps: tuple[tuple[str, float], ...], unit: str) -> str:
+    """1.41e9 Hz -> '1.41 GHz'; without a unit, 15000 -> '15k'."""
+    prefix = ""
+    for name, size in steps:
+        if abs(value) >= size:
+            value, prefix = value / size, name
+            break
+    return f"{_number(value)} {prefix}{unit}" if unit else f"{_number(value)}{prefix}"
+
+
+def format_value(value: float, unit: str | None) -> str:
+    """A value as Grafana shows it for the panel's unit (the units our dashboards use)."""
+    if not math.isfinite(value):
+        return str(value)
+    if unit == "s":
+        if value == 0:
+            return "0 s"
+        if abs(value) < 1e-3:
+            return f"{_number(value * 1e6)} µs"
+        if abs(value) < 1:
+            return f"{_number(value * 1e3)} ms"
+        return f"{_number(value)} s"
+    if unit == "ms":
+        return format_value(value / 1000, "s")
+    if unit == "percentunit":
+        return f"{_number(value * 100)}%"
+    if unit == "percent":
+        return f"{_number(value)}%"
+    if unit == "reqps":
+        return _scaled(value, _SI, "req/s")
+    if unit == "bytes":
+        return _scaled(value, _BINARY, "B")
+    if unit == "hertz":
+        return _scaled(value, _SI, "Hz")
+    if unit == "watt":
+        return _scaled(value, _SI, "W")
+    if unit == "celsius":
+        return f"{_number(value)} °C"
+    return _scaled(value, _SI, "")
+
+
+def _unit(panel: dict[str, Any]) -> str | None:
+    unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
+    return str(unit) if unit else None
+
+
+def _bound(label: str) -> float:
+    try:
+        return float(label)
+    except ValueError:
+        return math.inf
+
+
+def _style(axes: Any) -> None:
+    axes.set_facecolor(PANEL)
+    for spine in axes.spines.values():
+        spine.set_visible(False)
+    axes.tick_params(colors=MUTED, labelsize=7, length=0)
+    axes.grid(color=GRID, linewidth=0.6)
+    axes.set_axisbelow(True)
+
+
+def _clock(axes: Any, start: float, end: float) -> None:
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axes.set_xlim(start, end)
+    axes.xaxis.set_major_locator(MaxNLocator(6))
+    axes.xaxis.set_major_formatter(
+        FuncFormatter(lambda t, _: time.strftime("%H:%M:%S", time.localtime(t)))
+    )
+
+
+def _draw_stat(axes: Any, panel: dict[str, Any], series: list[Series]) -> None:
+    s = series[0]
+    axes.fill_between(s.times, s.values, color=PALETTE[0], alpha=0.18, linewidth=0)
+    axes.plot(s.times, s.values, color=PALETTE[0], alpha=0.6, linewidth=1)
+    low, high = min(s.values), max(s.values)
+    axes.set_ylim(min(0.0, low), high * 1.6 if high > 0 else 1.0)  # the value over the line
+    axes.text(
+        0.5,
+        0.55,
+        format_value(s.values[-1], _unit(panel)),
+        transform=axes.transAxes,
+        ha="center",
+        va="center",
+        fontsize=24,
+        color=PALETTE[0],
+        weight="bold",
+    )
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.grid(False)
+
+
+def _draw_heatmap(axes: Any, series: list[Series], start: float, end: float) -> None:
+    """Prometheus buckets are cumulative; a heatmap cell is one bucket's own count."""
+    import numpy as np
+
+    ordered = sorted(series, key=lambda s: _bound(s.label))
+    times = sorted({t for s in ordered for t in s.times})
+    index = {t: i for i, t in enumerate(times)}
+    cumulative = np.zeros((len(ordered), len(times)))
+    for row, s in enumerate(ordered):
+        for t, v in zip(s.times, s.values, strict=True):
+            cumulative[row, index[t]] = v
+    counts = np.diff(cumulative, axis=0, prepend=0.0).clip(min=0.0)
+    axes.imshow(
+        np.ma.masked_equal(counts, 0.0),  # empty buckets show the panel, as in Grafana
+        aspect="auto",
+        origin="lower",
+        cmap="Oranges",
+        interpolation="nearest",
+        extent=(times[0], times[-1], -0.5, len(ordered) - 0.5),
+        norm="symlog" if counts.max() > 0 else None,
+    )
+    labels = [s.label if s.label == "+Inf" else _number(_bound(s.label)) for s in ordered]
+    step = max(1, len(labels) // 8)
+    axes.set_yticks(range(0, len(labels), step), labels[::step])
+    axes.grid(False)
+    _clock(axes, start, end)
+
+
+def _draw_timeseries(
+    axes: Any, panel: dict[str, Any], series: list[Series], start: float, end: float
+) -> None:
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    unit = _unit(panel)
+    for colour, s in zip(PALETTE, series[:MAX_SERIES], strict=False):
+        axes.plot(s.times, s.values, label=s.label, linewidth=1.3, color=colour)
+    axes.yaxis.set_major_locator(MaxNLocator(5))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_value(v, unit)))
+    _clock(axes, start, end)
+    handles, labels = axes.get_legend_handles_labels()
+    if len(series) > MAX_SERIES:
+        labels[-1] += f"  (+{len(series) - MAX_SERIES} more)"
+    legend = axes.legend(
+        handles, labels, fontsize=6, loc="upper left", frameon=True, labelcolor=TEXT, ncol=1
+    )
+    legend.get_frame().set_facecolor(PANEL)
+    legend.get_frame().set_edgecolor(GRID)
+    legend.get_frame().set_alpha(0.8)
+
+
 def render_dashboard(
     dashboard: dict[str, Any],
     prometheus: str,
@@ -96,7 +269,8 @@ def render_dashboard(
     end: float | None = None,
     rate_interval: str = RATE_INTERVAL,
 ) -> Path:
-    """Query every panel over the last ``minutes`` and write the dashboard as a PNG.
+    """Query every panel over the last ``minutes`` and write the dashboard as a PNG, in
+    Grafana's grid, dark theme and units; rows as section titles, heatmaps as heatmaps.
 
     ``rate_interval`` stands for Grafana's ``$__rate_interval``: four scrape intervals at least.
     """
@@ -109,37 +283,58 @@ def render_dashboard(
     start = end - minutes * 60
     step = max(1.0, minutes * 60 / 240)
     placed = list(panels(dashboard))
-    rows = max((p["gridPos"]["y"] + p["gridPos"]["h"] for p in placed), default=1)
+    titles = [p for p in dashboard.get("panels", []) if p.get("type") == "row" and "gridPos" in p]
+    rows = max((p["gridPos"]["y"] + p["gridPos"]["h"] for p in placed + titles), default=1)
+    rows += 1  # the dashboard's title above the grid
     scale = 0.42  # inches per grid unit of height
-    figure = plt.figure(figsize=(20, max(4.0, rows * scale)), dpi=80)
-    figure.suptitle(dashboard.get("title", "dashboard"), fontsize=16, x=0.01, ha="left")
+    figure = plt.figure(figsize=(20, max(4.0, rows * scale)), dpi=80, facecolor=BACKGROUND)
+    figure.text(
+        0.01,
+        1 - 0.5 / rows,
+        dashboard.get("title", "dashboard"),
+        fontsize=16,
+        color=TEXT,
+        va="center",
+    )
+    for row in titles:
+        y = 1 - (row["gridPos"]["y"] + 1.6) / rows
+        figure.text(0.01, y, row.get("title", ""), fontsize=12, color=TEXT, weight="bold")
     for panel in placed:
         pos = panel["gridPos"]
         left = pos["x"] / GRID_COLUMNS
         width = pos["w"] / GRID_COLUMNS
-        top = pos["y"] / rows
+        top = (pos["y"] + 1) / rows
         height = pos["h"] / rows
-        axes = figure.add_axes((left + 0.01, 1 - top - height + 0.03, width - 0.02, height - 0.06))
-        axes.set_title(panel.get("title", ""), fontsize=10, loc="left")
+        # Inside the cell, as in Grafana: the title above the axes, the value labels left of
+        # them and the time labels below them.
+        title_room, time_room = 0.6 / rows, 0.45 / rows
+        label_room = 0.0 if panel.get("type") in ("stat", "gauge") else 0.034
+        axes = figure.add_axes(
+            (
+                left + 0.004 + label_room,
+                1 - top - height + time_room,
+                width - 0.008 - label_room,
+                height - title_room - time_room,
+            )
+        )
+        _style(axes)
+        axes.set_title(panel.get("title", ""), fontsize=10, loc="left", color=TEXT, pad=4)
         series = panel_series(prometheus, panel, start, end, step, rate_interval)
+        kind = panel.get("type")
         if not series:
-            axes.text(0.5, 0.5, "no data", ha="center", va="center", color="grey")
+            axes.text(
+                0.5, 0.5, "No data", ha="center", va="center", color=MUTED, transform=axes.transAxes
+            )
             axes.set_xticks([])
             axes.set_yticks([])
-            continue
-        if panel.get("type") in ("stat", "gauge"):
-            latest = series[0].values[-1]
-            axes.text(0.5, 0.5, f"{latest:.3g}", ha="center", va="center", fontsize=22)
-            axes.set_xticks([])
-            axes.set_yticks([])
-            continue
-        for s in series[:8]:
-            axes.plot([t - end for t in s.times], s.values, label=s.label, linewidth=1.2)
-        axes.tick_params(labelsize=7)
-        axes.set_xlabel("seconds before now", fontsize=7)
-        axes.legend(fontsize=6, loc="upper left")
+        elif kind in ("stat", "gauge"):
+            _draw_stat(axes, panel, series)
+        elif kind == "heatmap":
+            _draw_heatmap(axes, series, start, end)
+        else:
+            _draw_timeseries(axes, panel, series, start, end)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out)
+    figure.savefig(out, facecolor=BACKGROUND)
     plt.close(figure)
     return out
 

@@ -70,9 +70,9 @@ def test_demo_runs_the_stack_and_cleans_up(tmp_path: Path) -> None:
     import matplotlib.image
 
     png = workdir / "overview.png"
-    pixels = matplotlib.image.imread(png)
+    pixels = matplotlib.image.imread(png)[:, :, :3]
     assert pixels.shape[0] > 500 and pixels.shape[1] > 1000
-    assert pixels.std() > 0.05  # a blank page has no spread
+    assert pixels.std() > 0.05  # a page without data is nearly uniform (tests/test_render.py)
 
     # Prometheus' data (reopened from the demo's storage): sidecar and app series, both models.
     port = free_port()
