@@ -115,6 +115,8 @@ class Webhook:
     def __init__(self, path: Path, port: int) -> None:
         self.path = path
         self.alerts: list[dict[str, Any]] = []
+        self._status: dict[str, str] = {}  # last status logged, per alert
+        self._lock = threading.Lock()  # notifications for several groups may arrive at once
         webhook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -135,16 +137,22 @@ class Webhook:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def receive(self, doc: dict[str, Any]) -> None:
-        with self.path.open("a") as out:
+        with self._lock, self.path.open("a") as out:
             for alert in doc["alerts"]:
                 self.alerts.append(alert)
                 out.write(json.dumps(alert) + "\n")
-                log.info(
-                    "alert %s %s (%s)",
-                    alert["status"],
-                    alert["labels"].get("alertname"),
-                    alert["labels"].get("severity"),
-                )
+                # A notification repeats the group's other alerts: log only what changed.
+                labels = alert["labels"]
+                key = alert.get("fingerprint") or json.dumps(labels, sort_keys=True)
+                if self._status.get(key) != alert["status"]:
+                    self._status[key] = alert["status"]
+                    log.info(
+                        "alert %s: %s (%s) for %s",
+                        alert["status"],
+                        labels.get("alertname"),
+                        labels.get("severity"),
+                        labels.get("model_name") or labels.get("pod") or "-",
+                    )
 
     def start(self) -> None:
         self._thread.start()
