@@ -441,7 +441,9 @@ def overview(options: GenerateOptions) -> dict[str, Any]:
             _timeseries(
                 "Request rate per model",
                 "Inferences completed per second, per model. The sidecar and the app measure the "
-                "same requests at two layers: compare them, never add them.",
+                "same traffic at two layers: compare them, never add them. The sidecar counts "
+                "requests; an app that batches may count items (the reference server does), "
+                "and then runs at the sidecar's rate times the items per request.",
                 "reqps",
                 [Query(f"sum by ({m}) ({rate(total)})", "{{model_name}} ({{source}})")],
             ),
