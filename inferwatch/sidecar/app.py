@@ -46,6 +46,7 @@ _TEXT = ((b"Content-Type", b"text/plain; charset=utf-8"),)
 
 # Errors the sidecar itself answers with (the upstream's own errors pass through unchanged).
 ERR_BAD_REQUEST = "bad_request"
+ERR_CODING = "unsupported_transfer_coding"
 ERR_TOO_LARGE = "body_too_large"
 ERR_OVERLOADED = "overloaded"
 ERR_TIMEOUT = "upstream_timeout"
@@ -70,6 +71,16 @@ def json_error(
         content_type="application/json",
         headers=headers,
     )
+
+
+def _codings(headers: Any) -> list[str]:
+    """A request's transfer codings, in order, from every Transfer-Encoding header."""
+    return [
+        token.strip().lower()
+        for value in headers.getall("Transfer-Encoding", ())
+        for token in value.split(",")
+        if token.strip()
+    ]
 
 
 class BodyTooLarge(Exception):
@@ -121,7 +132,7 @@ def _response_headers(raw_headers: tuple[tuple[bytes, bytes], ...]) -> list[tupl
         lname = name.lower()
         if lname in _DROP_FROM_RESPONSE:
             if lname == b"connection":
-                connection_tokens = frozenset(t.strip().lower() for t in value.split(b","))
+                connection_tokens |= frozenset(t.strip().lower() for t in value.split(b","))
             continue
         kept.append((name, value))
     if connection_tokens:
@@ -282,6 +293,14 @@ class Proxy:
             request.conn.keep_alive = False
             body = error_body("only origin-form requests are proxied", ERR_BAD_REQUEST)
             await request.conn.send_json(request, 400, body)
+            return
+        headers = request.headers
+        if "Transfer-Encoding" in headers and _codings(headers) != ["chunked"]:
+            # RFC 9112 6.1: the sidecar removes chunked framing only; forwarding a body still
+            # in another coding (gzip, chunked) as if it were plain would change the request.
+            request.conn.keep_alive = False
+            body = error_body("transfer codings other than chunked are not supported", ERR_CODING)
+            await request.conn.send_json(request, 501, body)
             return
         path, _, _ = target.partition("?")
         local = self._local.get(path)

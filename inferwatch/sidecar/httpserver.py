@@ -39,6 +39,7 @@ _REASONS = {
     400: "Bad Request",
     413: "Payload Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
@@ -103,6 +104,8 @@ class Connection(BaseProtocol):
         self._closing = False
         self._last_request = False  # no requests after the queued ones (upgrade, flood)
         self._payload: StreamReader | None = None
+        self.last_read = 0.0  # loop time of the last bytes from the client
+        self._reject_after: str | None = None  # a malformed request behind the one in flight
         # Set per response:
         self.keep_alive = True
         self.started = False
@@ -143,16 +146,28 @@ class Connection(BaseProtocol):
         parser = self._parser
         if self._closing or parser is None:
             return
+        self.last_read = self._loop.time()
         try:
             messages, upgraded, _ = parser.feed_data(data)
         except HttpProcessingError as exc:
+            if self._last_request:
+                return  # bytes after the last request this connection answers: ignored
+            if self._task is not None:
+                # Answer the requests before it first (RFC 9112 9.3.2: in order), then this.
+                self._last_request = True
+                self._reject_after = f"bad request: {exc.message}"
+                return
             self._reject(f"bad request: {exc.message}")
             return
         if messages and not self._last_request:
             self._cancel_idle_timer()
             self._queue.extend(messages)
-            if upgraded or len(self._queue) > MAX_PIPELINED:
-                self._last_request = True  # answer these, then close
+            if (
+                upgraded
+                or len(self._queue) > MAX_PIPELINED
+                or any(message.should_close for message, _ in messages)
+            ):
+                self._last_request = True  # answer these, then close (RFC 9112 9.6)
             if self._task is None:
                 self._task = self._loop.create_task(self._serve())
 
@@ -195,7 +210,9 @@ class Connection(BaseProtocol):
         finally:
             self._task = None
             self._payload = None
-        if self._last_request:
+        if self._reject_after is not None:
+            self._reject(self._reject_after)
+        elif self._last_request:
             self._close()
         else:
             self._arm_idle_timer()
@@ -215,6 +232,29 @@ class Connection(BaseProtocol):
         self._cancel_idle_timer()
         if self.transport is not None:
             self.transport.close()
+
+    def body_stalled(self, cutoff: float) -> bool:
+        """Waiting for a request body that stopped arriving before ``cutoff`` (not paused by
+        us: an upstream slow to take the body is the upstream timeout's business)."""
+        payload = self._payload
+        return (
+            payload is not None
+            and not payload.is_eof()
+            and not self._reading_paused
+            and self.last_read < cutoff
+        )
+
+    def cut_stalled(self) -> None:
+        """408 if nothing was answered yet, then close: the handler waiting for the body
+        sees the connection go, as for a client that left."""
+        log.debug("closing connection from %s: the request body stopped arriving", self.peer)
+        if self.transport is not None and not self.started:
+            body = b'{"error":"the request body stopped arriving","reason":"request_timeout"}'
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        self._close()
 
     def close_if_idle(self) -> bool:
         if self._task is None:
@@ -370,11 +410,15 @@ class ProxyServer:
 
     def _sweep(self) -> None:
         """Close connections idle for longer than the keep-alive timeout (and slowloris ones,
-        which never complete a request)."""
+        which never complete a request head), and cut requests whose body stopped arriving
+        for as long."""
         cutoff = self.loop.time() - KEEPALIVE_TIMEOUT
-        for conn in [c for c in self.connections if c.idle_since is not None]:
-            if conn.idle_since is not None and conn.idle_since < cutoff:
-                conn.close_if_idle()
+        for conn in list(self.connections):
+            if conn.idle_since is not None:
+                if conn.idle_since < cutoff:
+                    conn.close_if_idle()
+            elif conn.body_stalled(cutoff):
+                conn.cut_stalled()
         self._sweeper = self.loop.call_later(KEEPALIVE_TIMEOUT / 5, self._sweep)
 
     async def close(self, grace: float) -> None:

@@ -21,6 +21,11 @@ from aiohttp import ServerDisconnectedError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.streams import StreamReader
 
+# Headers a client's Connection header may not remove: the message's own framing and target.
+# (Naming Content-Length there would otherwise strip the length the body is framed with, and
+# the upstream would read the body as a request of its own.)
+NEVER_HOP_BY_HOP = frozenset((b"content-length", b"host"))
+
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
     (
@@ -47,6 +52,10 @@ class ConnectFailed(Exception):
     """The upstream could not be reached (refused, unreachable, connect timeout)."""
 
 
+class BadAnswer(Exception):
+    """The upstream answered with something no HTTP/1.1 server may send here."""
+
+
 def request_head(
     method: str,
     target: str,
@@ -71,9 +80,10 @@ def request_head(
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"connection":
-                connection_tokens = frozenset(
+                connection_tokens |= frozenset(
                     t.strip().lower() for t in value.split(b",") if t.strip()
                 )
+                connection_tokens -= NEVER_HOP_BY_HOP
             continue
         if lname == _XFF:
             forwarded_for = value
@@ -200,7 +210,7 @@ class UpstreamPool:
     ) -> tuple[ResponseHandler, Any, StreamReader]:
         proto.set_response_params(
             skip_payload=head_only,
-            read_until_eof=False,
+            read_until_eof=True,  # an answer without framing ends when the upstream closes
             auto_decompress=False,
             read_timeout=self.read_timeout,
         )
@@ -215,7 +225,13 @@ class UpstreamPool:
         proto.start_timeout()
         message, payload = await proto.read()
         while 100 <= message.code < 200:  # 100 Continue, 103 Early Hints: the answer follows
+            if message.code == 101:
+                # The sidecar forwards no Upgrade header, so nothing was asked to switch.
+                raise BadAnswer("101 Switching Protocols to a request that asked for none")
+            proto.start_timeout()  # a bodiless answer stopped the clock: the wait starts again
             message, payload = await proto.read()
+        if not 200 <= message.code <= 599:
+            raise BadAnswer(f"status {message.code} is not an HTTP status")
         return proto, message, payload
 
     @staticmethod
