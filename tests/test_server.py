@@ -551,7 +551,7 @@ BAD_REQUESTS = [
         {"instances": [[1.0, 2.0]]},
         400,
         "invalid_request",
-        "instances holds 2 values; shape [1, 3, 32, 32] needs 3072",
+        "instances: each instance must have shape [3, 32, 32], got [2]",
     ),
     ("GET", "/v3/anything", None, 404, "not_found", "no endpoint at /v3/anything"),
     ("GET", "/predict", None, 405, "method_not_allowed", "GET is not allowed on /predict"),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry
 
 from inferwatch import tracing
@@ -244,13 +245,18 @@ async def _json_errors(
 
 
 async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except RequestPayloadError as exc:  # a Content-Encoding the bytes do not decode with
+        raise RequestError(f"the body could not be read: {exc}", reason="invalid_body") from exc
     if not raw:
         raise RequestError("the request has no body; send a JSON object", reason="invalid_json")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"the body is not valid JSON: {exc}", reason="invalid_json") from exc
+    except RecursionError as exc:
+        raise RequestError("the body's JSON is nested too deeply", reason="invalid_json") from exc
 
 
 def _server(request: web.Request) -> ModelServer:
@@ -381,7 +387,11 @@ def create_app(
         r.add_get(prefix, v2_model_metadata)
         r.add_get(prefix + "/ready", v2_model_ready)
         r.add_post(prefix + "/infer", v2_infer)
-    for prefix in ("/v1/models/{model}", "/v1/models/{model}/versions/{version}"):
+    # No ":" in a V1 model or version: "GET .../m:predict" is the wrong method, not a model.
+    for prefix in (
+        "/v1/models/{model:[^/:]+}",
+        "/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}",
+    ):
         r.add_get(prefix, v1_model_ready)
         r.add_post(prefix + ":predict", v1_predict)
     r.add_post("/predict", predict)

@@ -68,17 +68,33 @@ def _text_item(value: Any, runner: TextRunner, where: str) -> bytes:
     return encode_text(value, runner.config.max_length)
 
 
-def _image_items(value: Any, runner: ImageRunner, shape: Sequence[int], where: str) -> list[Any]:
-    """Images from (possibly nested) numbers in row-major order, checked against ``shape``."""
+def _image_items(
+    value: Any, runner: ImageRunner, shape: Sequence[int], where: str, nested: bool = False
+) -> list[Any]:
+    """Images from numbers in row-major order, checked against ``shape``: flat or nested as
+    the V2 protocol allows, or, with ``nested``, nested exactly as ``shape`` (V1 instances,
+    where a channels-last or flattened image would otherwise be reshaped into a wrong one)."""
     try:
-        tensor = torch.tensor(value, dtype=torch.float32)
+        tensor = torch.tensor(value)
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise RequestError(f"{where} must hold numbers only, in a regular shape: {exc}") from exc
+    if tensor.dtype == torch.bool or not (
+        tensor.is_floating_point() or tensor.dtype == torch.int64
+    ):
+        raise RequestError(f"{where} must hold numbers, got {str(tensor.dtype).split('.')[-1]}")
+    tensor = tensor.to(torch.float32)
+    if nested and list(tensor.shape) != list(shape):
+        raise RequestError(
+            f"{where}: each instance must have shape {list(shape[1:])}, "
+            f"got {list(tensor.shape[1:])}"
+        )
     expected = math.prod(shape)
     if tensor.numel() != expected:
         raise RequestError(
             f"{where} holds {tensor.numel()} values; shape {list(shape)} needs {expected}"
         )
+    if not bool(torch.isfinite(tensor).all()):
+        raise RequestError(f"{where} holds values that are not finite numbers (NaN, Infinity)")
     return list(tensor.reshape(list(shape)).unbind(0))
 
 
@@ -167,7 +183,7 @@ def parse_v2(body: Any, runner: ModelRunner, max_items: int) -> V2Request:
             raise RequestError(
                 f"{where} has shape [N, {', '.join(map(str, runner.item_shape))}], got {shape}"
             )
-        items = _image_items(data, runner, shape, where) if shape[0] else []
+        items = _image_items(data, runner, shape, where)
     outputs = OUTPUTS
     requested = body.get("outputs")
     if requested is not None:
@@ -182,7 +198,10 @@ def parse_v2(body: Any, runner: ModelRunner, max_items: int) -> V2Request:
                 f"unknown outputs {unknown}; model {runner.name!r} has {list(OUTPUTS)}"
             )
         outputs = names
-    return V2Request(items, outputs, _top_k(body.get("parameters"), runner), body.get("id"))
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError(f'"id" must be a string, got {type(request_id).__name__}')
+    return V2Request(items, outputs, _top_k(body.get("parameters"), runner), request_id)
 
 
 def v2_response(runner: ModelRunner, request: V2Request, rows: list[list[float]]) -> dict[str, Any]:
@@ -243,10 +262,12 @@ def parse_v1(body: Any, runner: ModelRunner, max_items: int) -> tuple[list[Any],
         raise RequestError(f"the body must be a JSON object, got {type(body).__name__}")
     if "instances" in body and "inputs" in body:
         raise RequestError('give "instances" or "inputs", not both')
+    if "instances" not in body and "inputs" not in body:
+        raise RequestError('the body needs "instances" (rows) or "inputs" (columns)')
     key = "instances" if "instances" in body else "inputs"
-    rows = body.get(key)
+    rows = body[key]
     if not isinstance(rows, list):
-        raise RequestError('the body needs "instances": a list with one entry per item')
+        raise RequestError(f'the body needs "{key}": a list with one entry per item')
     _check_count(len(rows), max_items)
     name = TEXT_INPUT if isinstance(runner, TextRunner) else IMAGE_INPUT
     values = []
@@ -262,7 +283,8 @@ def parse_v1(body: Any, runner: ModelRunner, max_items: int) -> tuple[list[Any],
     assert isinstance(runner, ImageRunner)
     if not values:
         return [], top_k
-    return _image_items(values, runner, (len(values), *runner.item_shape), key), top_k
+    shape = (len(values), *runner.item_shape)
+    return _image_items(values, runner, shape, key, nested=True), top_k
 
 
 def parse_predict(body: Any, runner: TextRunner) -> tuple[bytes, int]:
