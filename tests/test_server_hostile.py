@@ -3,7 +3,7 @@
 What the server promises: a malformed request gets a JSON error that says what is wrong
 (400; 404 unknown model or version; 405; 413 too large; 503 overloaded, with Retry-After),
 never a 500, a crash or a hang; a bad request never fails the requests that share its batch;
-and the metrics stay exact. Tests marked ``xfail(strict=True)`` document bugs found here.
+and the metrics stay exact.
 """
 
 from __future__ import annotations
@@ -625,7 +625,7 @@ async def test_overload_rejects_with_503_and_counts_every_rejected_item(
         await served.stop()
 
 
-# --- bugs -----------------------------------------------------------------------------------
+# --- found by this file, fixed ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,9 @@ from inferwatch import schema
 logger = logging.getLogger(__name__)
 
 MAX_UPSTREAM_BYTES = 32 * 1024 * 1024  # an upstream exposition larger than this is left out
+# Reading and writing an upstream sample costs about 3 µs: past this many (~0.6 s here) the
+# merge could outlast a scrape's timeout, and Prometheus would lose our families with it.
+MAX_UPSTREAM_SAMPLES = 200_000
 DEFAULT_SCRAPE_TIMEOUT = 10.0  # Prometheus' default scrape_timeout
 # Asked of the upstream for a text scrape: the text format, which every model server speaks.
 UPSTREAM_ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
@@ -176,6 +179,8 @@ def _labels(line: str, pos: int) -> tuple[Labels, int]:
         name = match.group(1)
         if name in seen:
             raise InvalidExposition(f"duplicate label {name!r} in {line[:200]!r}")
+        if name == "__name__":  # Prometheus refuses the whole scrape over it
+            raise InvalidExposition(f"a __name__ label in {line[:200]!r}")
         seen.add(name)
         labels.append((name, _unescape(match.group(2))))
         pos = match.end()
@@ -218,12 +223,17 @@ def _sample(line: str, openmetrics_format: bool) -> Sample:
                 timestamp = int(tokens[1]) / 1000
             except ValueError:
                 raise InvalidExposition(f"bad timestamp in {line[:200]!r}") from None
-    if timestamp is not None and not math.isfinite(timestamp):
+    if timestamp is not None and not _valid_timestamp(timestamp):
         raise InvalidExposition(f"bad timestamp in {line[:200]!r}")
     return Sample(name, labels, value, timestamp, exemplar)
 
 
-def _exemplar(text: str, line: str) -> Exemplar:
+def _valid_timestamp(seconds: float) -> bool:
+    """Finite and within int64 milliseconds: Prometheus fails the whole scrape otherwise."""
+    return math.isfinite(seconds) and abs(seconds) * 1000 < 2**63
+
+
+def _exemplar(text: str, line: str) -> Exemplar | None:
     text = text.strip()
     if not text.startswith("{"):
         raise InvalidExposition(f"bad exemplar in {line[:200]!r}")
@@ -232,7 +242,21 @@ def _exemplar(text: str, line: str) -> Exemplar:
     if not tokens or len(tokens) > 2:
         raise InvalidExposition(f"bad exemplar in {line[:200]!r}")
     timestamp = _float(tokens[1]) if len(tokens) == 2 else None
+    if timestamp is not None and not _valid_timestamp(timestamp):
+        return None  # the sample stands without it
     return Exemplar(labels, _float(tokens[0]), timestamp)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class TooManySamples(InvalidExposition):
+    """More samples than the sidecar reads from an upstream within a scrape."""
 
 
 class _Parser:
@@ -242,6 +266,7 @@ class _Parser:
         self.openmetrics = openmetrics_format
         self.families: dict[str, Family] = {}
         self.typed: set[str] = set()
+        self.count = 0  # samples so far
 
     def family(self, name: str) -> Family:
         if _NAME.fullmatch(name) is None:
@@ -296,6 +321,14 @@ class _Parser:
                     family = owner
         if family is None:
             family = self.family(name)
+        if family.type in ("histogram", "gaugehistogram", "summary"):
+            bound = "quantile" if family.type == "summary" else "le"
+            for label, value in sample.labels:
+                if label == bound and _is_float(value) is False:
+                    raise InvalidExposition(f"{label}={value!r} is not a number in {line[:200]!r}")
+        self.count += 1
+        if self.count > MAX_UPSTREAM_SAMPLES:
+            raise TooManySamples(f"more than {MAX_UPSTREAM_SAMPLES} samples")
         family.samples.append(sample)
 
 
@@ -411,6 +444,14 @@ def families_of(collector: Collector) -> list[Family]:
 # --- merging ----------------------------------------------------------------------------------
 
 
+_OWN_NAMES = frozenset(
+    name
+    for family in schema.OWN_FAMILIES
+    for name in (family.name.removesuffix("_total"), family.name.removesuffix("_info"))
+)
+_SIDECAR_LABEL = ("source", schema.SOURCE_SIDECAR)
+
+
 def merge_families(ours: list[Family], theirs: list[Family]) -> tuple[list[Family], list[str]]:
     """Ours followed by theirs, one family per name; returns (families, names left out)."""
     by_name = {f.name: f for f in ours}
@@ -421,6 +462,11 @@ def merge_families(ours: list[Family], theirs: list[Family]) -> tuple[list[Famil
     merged = list(ours)
     left_out: list[str] = []
     for family in theirs:
+        if family.name in _OWN_NAMES:  # the sidecar's own state: nobody else reports it
+            left_out.append(family.name)
+            continue
+        # A series labelled as the sidecar's would pass for it on every dashboard and alert.
+        family.samples = [s for s in family.samples if _SIDECAR_LABEL not in s.labels]
         mine = by_name.get(family.name)
         if mine is not None and mine.type == family.type and not family.legacy_counter:
             seen = {(s.name, frozenset(s.labels)) for s in mine.samples}
@@ -593,14 +639,24 @@ def _decode(body: bytes, encoding: str) -> bytes:
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise _ScrapeError(schema.SCRAPE_INVALID, f"unsupported Content-Encoding {encoding!r}")
     wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
-    try:
-        inflater = zlib.decompressobj(wbits)
-        out = inflater.decompress(body, MAX_UPSTREAM_BYTES + 1)
-    except zlib.error as exc:
-        raise _ScrapeError(schema.SCRAPE_INVALID, f"bad {encoding} body: {exc}") from None
-    if len(out) > MAX_UPSTREAM_BYTES or inflater.unconsumed_tail:
-        raise _ScrapeError(schema.SCRAPE_TOO_LARGE, "decompressed exposition too large")
-    return out
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:  # gzip allows several members back to back; each is read, within the cap
+        try:
+            inflater = zlib.decompressobj(wbits)
+            out = inflater.decompress(rest, MAX_UPSTREAM_BYTES + 1 - size)
+        except zlib.error as exc:
+            raise _ScrapeError(schema.SCRAPE_INVALID, f"bad {encoding} body: {exc}") from None
+        size += len(out)
+        parts.append(out)
+        if size > MAX_UPSTREAM_BYTES or inflater.unconsumed_tail:
+            raise _ScrapeError(schema.SCRAPE_TOO_LARGE, "decompressed exposition too large")
+        if not inflater.eof:
+            raise _ScrapeError(schema.SCRAPE_INVALID, f"{encoding} body cut short")
+        rest = inflater.unused_data
+        if not rest or "gzip" not in encoding:
+            return b"".join(parts)
 
 
 async def _get(
@@ -673,6 +729,8 @@ def _upstream_families(body: bytes, content_type: str) -> list[Family]:
     try:
         text = body.decode("utf-8")
         return parse_exposition(text, openmetrics_format)
+    except TooManySamples as exc:
+        raise _ScrapeError(schema.SCRAPE_TOO_LARGE, str(exc)) from None
     except (InvalidExposition, UnicodeDecodeError) as exc:
         raise _ScrapeError(schema.SCRAPE_INVALID, str(exc)[:300]) from None
     except Exception as exc:  # whatever the upstream sent, our own metrics are served
