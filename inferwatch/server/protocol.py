@@ -78,9 +78,7 @@ def _image_items(
         tensor = torch.tensor(value)
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise RequestError(f"{where} must hold numbers only, in a regular shape: {exc}") from exc
-    if tensor.dtype == torch.bool or not (
-        tensor.is_floating_point() or tensor.dtype == torch.int64
-    ):
+    if not (tensor.is_floating_point() or tensor.dtype == torch.int64):  # JSON true/false
         raise RequestError(f"{where} must hold numbers, got {str(tensor.dtype).split('.')[-1]}")
     tensor = tensor.to(torch.float32)
     if nested and list(tensor.shape) != list(shape):

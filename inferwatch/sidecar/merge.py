@@ -324,7 +324,7 @@ class _Parser:
         if family.type in ("histogram", "gaugehistogram", "summary"):
             bound = "quantile" if family.type == "summary" else "le"
             for label, value in sample.labels:
-                if label == bound and _is_float(value) is False:
+                if label == bound and not _is_float(value):
                     raise InvalidExposition(f"{label}={value!r} is not a number in {line[:200]!r}")
         self.count += 1
         if self.count > MAX_UPSTREAM_SAMPLES:
