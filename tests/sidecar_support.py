@@ -13,6 +13,8 @@ from aiohttp import web
 from conftest import free_port
 from prometheus_client import CollectorRegistry
 
+from inferwatch import schema
+from inferwatch.metrics import InferenceMetrics
 from inferwatch.sidecar.config import Address, SidecarConfig
 from inferwatch.sidecar.server import Sidecar
 
@@ -245,3 +247,14 @@ def metric(sidecar: Sidecar, name: str, **labels: str) -> float:
 def v2_body(batch: int) -> bytes:
     doc = {"inputs": [{"name": "x", "shape": [batch, 2], "datatype": "FP32", "data": [0] * batch}]}
     return json.dumps(doc).encode()
+
+
+def own_registry() -> CollectorRegistry:
+    """The sidecar's side of a merge: inference families with one recorded request, and
+    inferwatch_upstream_up."""
+    registry = CollectorRegistry()
+    model = InferenceMetrics(registry).model(schema.SOURCE_SIDECAR, "resnet50", "1")
+    model.success.inc()
+    model.duration.observe(0.12)
+    schema.UPSTREAM_UP.create(registry).set(1)  # type: ignore[union-attr]
+    return registry

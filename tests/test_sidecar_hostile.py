@@ -583,6 +583,28 @@ async def test_valid_request_before_a_malformed_one_is_still_answered() -> None:
         assert up.targets == [b"/good"]
 
 
+class Gate:
+    """An upstream that answers each request only once the test opens the gate: a request
+    stays in flight for as long as the test needs."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def handler(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up: RawUpstream,
+        index: int,
+    ) -> None:
+        while True:
+            up.requests.append(await read_request(reader, index))
+            self.arrived.set()
+            await self.open.wait()
+            writer.write(ok(b'{"outputs":[]}'))
+
+
 @pytest.mark.parametrize(
     "in_flight",
     [
@@ -603,32 +625,20 @@ async def test_request_with_connection_close_is_answered_whatever_follows(
 ) -> None:
     """RFC 9112 9.6: the server answers the request that carried ``close``, then closes and
     ignores anything after it."""
-    arrived = asyncio.Event()
-    answer_now = asyncio.Event()
-
-    async def gated(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: RawUpstream, index: int
-    ) -> None:
-        while True:
-            seen = await read_request(reader, index)
-            up.requests.append(seen)
-            arrived.set()
-            await answer_now.wait()
-            writer.write(ok(b'{"outputs":[]}'))
-
-    async with proxy_to(gated) as (up, sc):
+    gate = Gate()
+    async with proxy_to(gate.handler) as (up, sc):
         reader, writer = await asyncio.open_connection(LOOPBACK, sc.proxy_port)
         closing = infer(extra=b"Connection: close\r\n")
         extra = b"GET /ignored HTTP/1.1\r\nHost: m\r\n\r\n"
         try:
             if in_flight:
                 writer.write(closing)
-                await asyncio.wait_for(arrived.wait(), 3)
+                await asyncio.wait_for(gate.arrived.wait(), 3)
                 writer.write(extra)
                 await writer.drain()
             else:
                 writer.write(closing + extra)
-            answer_now.set()
+            gate.open.set()
             received = await asyncio.wait_for(reader.read(-1), 3)
         finally:
             writer.close()
@@ -640,27 +650,15 @@ async def test_request_with_connection_close_is_answered_whatever_follows(
 async def test_malformed_request_behind_one_in_flight_is_refused_after_its_answer() -> None:
     """RFC 9112 9.3.2: answers go out in request order, so the 400 for bytes that do not
     parse waits for the answer to the request before them, which is not cut."""
-    arrived = asyncio.Event()
-    answer_now = asyncio.Event()
-
-    async def gated(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: RawUpstream, index: int
-    ) -> None:
-        while True:
-            seen = await read_request(reader, index)
-            up.requests.append(seen)
-            arrived.set()
-            await answer_now.wait()
-            writer.write(ok(b'{"outputs":[]}'))
-
-    async with proxy_to(gated) as (up, sc):
+    gate = Gate()
+    async with proxy_to(gate.handler) as (up, sc):
         reader, writer = await asyncio.open_connection(LOOPBACK, sc.proxy_port)
         try:
             writer.write(infer())
-            await asyncio.wait_for(arrived.wait(), 3)
+            await asyncio.wait_for(gate.arrived.wait(), 3)
             writer.write(b"GET /bad HTTP/1.1\r\nBad Header\r\n\r\n")
             await writer.drain()
-            answer_now.set()
+            gate.open.set()
             received = await asyncio.wait_for(reader.read(-1), 3)
         finally:
             writer.close()

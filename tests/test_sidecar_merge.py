@@ -33,6 +33,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+from sidecar_support import own_registry
 
 from inferwatch import schema
 from inferwatch.metrics import InferenceMetrics
@@ -168,16 +169,6 @@ def negotiating(registry: CollectorRegistry) -> web.Application:
 
     app.router.add_get("/metrics", metrics)
     return app
-
-
-def own_registry() -> CollectorRegistry:
-    """The sidecar's side: inference families with one recorded request."""
-    registry = CollectorRegistry()
-    model = InferenceMetrics(registry).model(schema.SOURCE_SIDECAR, "resnet50", "1")
-    model.success.inc()
-    model.duration.observe(0.12)
-    schema.UPSTREAM_UP.create(registry).set(1)  # type: ignore[union-attr]
-    return registry
 
 
 async def scrape(

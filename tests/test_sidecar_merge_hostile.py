@@ -22,10 +22,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families as text_parse
-from sidecar_support import LOOPBACK, running_sidecar
+from sidecar_support import LOOPBACK, own_registry, running_sidecar
 
 from inferwatch import schema
-from inferwatch.metrics import InferenceMetrics
 from inferwatch.sidecar import merge
 from inferwatch.sidecar.merge import CONTENT_TYPE_OPENMETRICS, merged_metrics, scrape_errors
 
@@ -85,16 +84,6 @@ async def raw_upstream(response: bytes) -> AsyncIterator[str]:
     finally:
         server.close()
         await server.wait_closed()
-
-
-def own_registry() -> CollectorRegistry:
-    """The sidecar's side: inference families with one request, and inferwatch_upstream_up."""
-    registry = CollectorRegistry()
-    model = InferenceMetrics(registry).model(schema.SOURCE_SIDECAR, "resnet50", "1")
-    model.success.inc()
-    model.duration.observe(0.12)
-    schema.UPSTREAM_UP.create(registry).set(1)  # type: ignore[union-attr]
-    return registry
 
 
 async def scrape(
