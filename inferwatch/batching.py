@@ -183,16 +183,7 @@ class DynamicBatcher(Generic[T, R]):
             return []
         if _tracing.enabled:
             return await self._submit_traced(items)
-        entries = self._admit(items)
-        try:
-            outcomes = await asyncio.gather(*(e.future for e in entries), return_exceptions=True)
-        except asyncio.CancelledError:
-            self._forget(entries)
-            raise
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return outcomes  # type: ignore[return-value]
+        return await self._results(self._admit(items))
 
     async def _submit_traced(self, items: Sequence[T]) -> list[R]:
         """submit/submit_many inside a span that covers the queue wait and the batch."""
@@ -203,18 +194,20 @@ class DynamicBatcher(Generic[T, R]):
         with _tracing.inference_span(
             f"inference {self.model_name}", attributes, _span_error_type
         ) as span:
-            entries = self._admit(items, span)
-            try:
-                outcomes = await asyncio.gather(
-                    *(e.future for e in entries), return_exceptions=True
-                )
-            except asyncio.CancelledError:
-                self._forget(entries)
-                raise
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            return outcomes  # type: ignore[return-value]
+            return await self._results(self._admit(items, span))
+
+    async def _results(self, entries: list[_Entry]) -> list[R]:
+        """Every entry's answer, in order; the first failure raised; on cancellation the
+        entries still queued are dropped before they run."""
+        try:
+            outcomes = await asyncio.gather(*(e.future for e in entries), return_exceptions=True)
+        except asyncio.CancelledError:
+            self._forget(entries)
+            raise
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
 
     def _admit(self, items: Sequence[T], span: Any = None) -> list[_Entry]:
         m = self._m
