@@ -35,42 +35,17 @@ from inferwatch.exposition import multiprocess_dir
 
 log = logging.getLogger(__name__)
 
-# --- gpu_collector_errors_total{reason} -------------------------------------------------------
-# NVML errors are named after their NVML_ERROR_* constant, lower-cased (gpu_is_lost,
-# not_supported, driver_not_loaded, ...); these are inferwatch's own.
-REASON_LIBRARY_NOT_FOUND = "library_not_found"  # pynvml missing, or libnvidia-ml.so.1 missing
-REASON_NOT_SUPPORTED = "not_supported"
-REASON_GPU_IS_LOST = "gpu_is_lost"
-REASON_DRIVER_NOT_LOADED = "driver_not_loaded"
-REASON_NO_DEVICES = "no_devices"  # NVML works but reports no GPU
-REASON_EXCEPTION = "exception"  # the binding raised something other than NVMLError
-# Created at zero so that increase() sees the first error.
-PRESET_REASONS = (
-    REASON_LIBRARY_NOT_FOUND,
-    REASON_DRIVER_NOT_LOADED,
-    REASON_NO_DEVICES,
-    REASON_GPU_IS_LOST,
-    REASON_NOT_SUPPORTED,
-    REASON_EXCEPTION,
-)
-
-# gpu_ecc_errors_total{type}
-ECC_CORRECTED = "corrected"
-ECC_UNCORRECTED = "uncorrected"
-
-# gpu_clock_throttled{reason}: bits of nvmlClocksEventReasons (ABI-stable values, spelled here
-# because older bindings name them ...ThrottleReason... and newer ones ...EventReason...).
-THROTTLE_REASONS: tuple[tuple[str, int], ...] = (
-    ("gpu_idle", 0x1),
-    ("applications_clocks_setting", 0x2),
-    ("sw_power_cap", 0x4),
-    ("hw_slowdown", 0x8),
-    ("sync_boost", 0x10),
-    ("sw_thermal_slowdown", 0x20),
-    ("hw_thermal_slowdown", 0x40),
-    ("hw_power_brake_slowdown", 0x80),
-    ("display_clock_setting", 0x100),
-)
+# The label values live in the schema (the generators name them too); the old names stay.
+REASON_LIBRARY_NOT_FOUND = schema.GPU_ERROR_LIBRARY_NOT_FOUND
+REASON_NOT_SUPPORTED = schema.GPU_ERROR_NOT_SUPPORTED
+REASON_GPU_IS_LOST = schema.GPU_ERROR_GPU_IS_LOST
+REASON_DRIVER_NOT_LOADED = schema.GPU_ERROR_DRIVER_NOT_LOADED
+REASON_NO_DEVICES = schema.GPU_ERROR_NO_DEVICES
+REASON_EXCEPTION = schema.GPU_ERROR_EXCEPTION
+PRESET_REASONS = schema.GPU_ERROR_PRESET_REASONS
+ECC_CORRECTED = schema.ECC_CORRECTED
+ECC_UNCORRECTED = schema.ECC_UNCORRECTED
+THROTTLE_REASONS = schema.THROTTLE_REASONS
 
 DEFAULT_MAX_PROCESSES = 8  # per GPU; the rest is summed into pid="other"
 VISIBLE_DEVICES_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")

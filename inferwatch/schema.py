@@ -285,6 +285,47 @@ INFERENCE_FAMILIES: tuple[Family, ...] = (
     TOKENS,
 )
 
+# --- GPU label values (NVML) ------------------------------------------------------------------
+# Here, not in gpu.py, so that the dashboards and rules name them without importing the collector.
+
+# gpu_collector_errors_total{reason}: NVML errors are named after their NVML_ERROR_* constant,
+# lower-cased (gpu_is_lost, not_supported, driver_not_loaded, ...); these are inferwatch's own.
+GPU_ERROR_LIBRARY_NOT_FOUND = "library_not_found"  # pynvml or libnvidia-ml.so.1 missing
+GPU_ERROR_NOT_SUPPORTED = "not_supported"
+GPU_ERROR_GPU_IS_LOST = "gpu_is_lost"
+GPU_ERROR_DRIVER_NOT_LOADED = "driver_not_loaded"
+GPU_ERROR_NO_DEVICES = "no_devices"  # NVML works but reports no GPU
+GPU_ERROR_EXCEPTION = "exception"  # the binding raised something other than NVMLError
+# Created at zero so that increase() sees the first error.
+GPU_ERROR_PRESET_REASONS = (
+    GPU_ERROR_LIBRARY_NOT_FOUND,
+    GPU_ERROR_DRIVER_NOT_LOADED,
+    GPU_ERROR_NO_DEVICES,
+    GPU_ERROR_GPU_IS_LOST,
+    GPU_ERROR_NOT_SUPPORTED,
+    GPU_ERROR_EXCEPTION,
+)
+
+# gpu_ecc_errors_total{type}
+ECC_CORRECTED = "corrected"
+ECC_UNCORRECTED = "uncorrected"
+
+# gpu_clock_throttled{reason}: bits of nvmlClocksEventReasons (ABI-stable values, spelled here
+# because older bindings name them ...ThrottleReason... and newer ones ...EventReason...).
+THROTTLE_REASONS: tuple[tuple[str, int], ...] = (
+    ("gpu_idle", 0x1),
+    ("applications_clocks_setting", 0x2),
+    ("sw_power_cap", 0x4),
+    ("hw_slowdown", 0x8),
+    ("sync_boost", 0x10),
+    ("sw_thermal_slowdown", 0x20),
+    ("hw_thermal_slowdown", 0x40),
+    ("hw_power_brake_slowdown", 0x80),
+    ("display_clock_setting", 0x100),
+)
+# The reasons that mean "held down by the power limit".
+POWER_THROTTLE_REASONS = ("sw_power_cap", "hw_power_brake_slowdown")
+
 # --- GPU families (NVML) ----------------------------------------------------------------------
 
 GPU_LABELS = ("gpu", "uuid", "name")

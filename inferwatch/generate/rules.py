@@ -12,13 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferwatch import gpu, schema
+from inferwatch import schema
 from inferwatch.generate import promql
 from inferwatch.generate.options import GenerateOptions
-from inferwatch.gpu import THROTTLE_REASONS
-
-# gpu_clock_throttled reasons that mean "held down by the power limit".
-POWER_THROTTLE_REASONS = ("sw_power_cap", "hw_power_brake_slowdown")
 
 
 @dataclass(frozen=True)
@@ -384,7 +380,7 @@ def alerts(options: GenerateOptions) -> list[Alert]:
         )
     )
 
-    power_reasons = [r for r, _ in THROTTLE_REASONS if r in POWER_THROTTLE_REASONS]
+    power_reasons = schema.POWER_THROTTLE_REASONS
     capped = _series(schema.GPU_THROTTLED.name, reason=power_reasons[0], **GPU)
     out.append(
         Alert(
@@ -431,7 +427,7 @@ def alerts(options: GenerateOptions) -> list[Alert]:
         ),
         (
             f"rate({schema.GPU_COLLECTOR_ERRORS.name}"
-            f'{{reason!="{gpu.REASON_NOT_SUPPORTED}"}}[10m]) > 0',
+            f'{{reason!="{schema.GPU_ERROR_NOT_SUPPORTED}"}}[10m]) > 0',
             "errors keep coming",
             failing_calls,
             "NVML calls keep failing with {{ $labels.reason }}",
