@@ -1,10 +1,11 @@
-"""Shared fixtures: real tools (promtool), fresh registries, metric readers."""
+"""Shared fixtures: real tools (promtool, Prometheus, Alertmanager), fresh registries.
+
+Helpers the tests import live in tests/support/.
+"""
 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 
 import prometheus_client.metrics
@@ -26,26 +27,31 @@ def registry() -> CollectorRegistry:
     return CollectorRegistry()
 
 
+def installed(*names: str) -> str:
+    """The path of the first of ``names`` on PATH; fails the test (not skips) when none is,
+    since `make test` installs them and a skipped check would pass unnoticed."""
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    pytest.fail(f"{names[0]} is not installed: run `make test`, which installs it")
+
+
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is not installed: run `make test`, which installs it")
-    return path
+    return installed("promtool")
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on now (bound, then released), for a server that must
-    be told its port before it starts (Prometheus, Alertmanager) or for 'nothing there'."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture(scope="session")
+def amtool() -> str:
+    return installed("amtool")
 
 
-def promtool_check_metrics(promtool: str, text: str) -> str:
-    """Run `promtool check metrics` on an exposition; returns its complaints ('' when clean)."""
-    done = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return (done.stdout + done.stderr).strip()
+@pytest.fixture(scope="session")
+def prometheus() -> str:
+    return installed("prometheus")
+
+
+@pytest.fixture(scope="session")
+def alertmanager() -> str:
+    return installed("prometheus-alertmanager", "alertmanager")

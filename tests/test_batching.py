@@ -7,8 +7,9 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from batching_support import Gate, wait_until
 from prometheus_client import CollectorRegistry
+from support.batching import Gate
+from support.polling import poll
 
 from inferwatch import schema
 from inferwatch.batching import BatcherClosed, DynamicBatcher, Overloaded
@@ -41,7 +42,7 @@ async def hold_first_batch(
     """Start a request and wait until its batch is inside the (closed) gate."""
     gate.close()
     task = asyncio.create_task(b.submit(item))
-    await wait_until(gate.entered.is_set)
+    await poll(gate.entered.is_set)
     return task
 
 
@@ -71,7 +72,7 @@ async def test_next_batch_fills_while_current_runs(registry: CollectorRegistry) 
     async with batcher(gate, registry) as b:
         first = await hold_first_batch(b, gate)
         rest = [asyncio.create_task(b.submit(i)) for i in range(1, 6)]
-        await wait_until(lambda: b.queued == 5)
+        await poll(lambda: b.queued == 5)
         assert sample(registry, schema.QUEUE_LENGTH) == 5
         assert sample(registry, schema.ACTIVE_REQUESTS) == 6
         gate.open()
@@ -93,7 +94,7 @@ async def test_max_batch_size_splits_the_queue(registry: CollectorRegistry) -> N
     async with batcher(gate, registry, max_batch_size=3) as b:
         first = await hold_first_batch(b, gate)
         rest = asyncio.create_task(b.submit_many(list(range(1, 8))))
-        await wait_until(lambda: b.queued == 7)
+        await poll(lambda: b.queued == 7)
         gate.open()
         await first
         assert await rest == [2, 4, 6, 8, 10, 12, 14]
@@ -105,7 +106,7 @@ async def test_preferred_batch_sizes(registry: CollectorRegistry) -> None:
     async with batcher(gate, registry, max_batch_size=8, preferred_batch_sizes=(2, 4)) as b:
         first = await hold_first_batch(b, gate)
         rest = asyncio.create_task(b.submit_many(list(range(1, 8))))
-        await wait_until(lambda: b.queued == 7)
+        await poll(lambda: b.queued == 7)
         gate.open()
         await first
         await rest
@@ -137,7 +138,7 @@ async def test_an_error_fails_only_its_batch(registry: CollectorRegistry) -> Non
     async with batcher(gate, registry) as b:
         first = await hold_first_batch(b, gate)
         doomed = [asyncio.create_task(b.submit(i)) for i in (12, 13)]
-        await wait_until(lambda: b.queued == 2)
+        await poll(lambda: b.queued == 2)
         gate.open()
         assert await first == 0
         outcomes = await asyncio.gather(*doomed, return_exceptions=True)
@@ -164,7 +165,7 @@ async def test_cancelled_queued_item_never_reaches_the_model(registry: Collector
         first = await hold_first_batch(b, gate)
         queued = asyncio.create_task(b.submit(99))
         kept = asyncio.create_task(b.submit(7))
-        await wait_until(lambda: b.queued == 2)
+        await poll(lambda: b.queued == 2)
         queued.cancel()
         with pytest.raises(asyncio.CancelledError):
             await queued
@@ -187,7 +188,7 @@ async def test_cancelled_submit_many_drops_all_its_items(registry: CollectorRegi
     async with batcher(gate, registry) as b:
         first = await hold_first_batch(b, gate)
         many = asyncio.create_task(b.submit_many([1, 2, 3]))
-        await wait_until(lambda: b.queued == 3)
+        await poll(lambda: b.queued == 3)
         many.cancel()
         with pytest.raises(asyncio.CancelledError):
             await many
@@ -203,7 +204,7 @@ async def test_full_queue_rejects_with_overloaded(registry: CollectorRegistry) -
     async with batcher(gate, registry, max_queue_size=2) as b:
         first = await hold_first_batch(b, gate)  # running, so not queued
         queued = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
-        await wait_until(lambda: b.queued == 2)
+        await poll(lambda: b.queued == 2)
         with pytest.raises(Overloaded, match="2 items queued, limit 2") as caught:
             await b.submit(3)
         assert caught.value.retry_after > 0
@@ -223,11 +224,11 @@ async def test_close_finishes_queued_work_and_refuses_new(registry: CollectorReg
     b = batcher(gate, registry, max_batch_size=4, max_queue_delay=60.0)
     gate.close()
     first = asyncio.create_task(b.submit_many([0, 1, 2, 3]))  # a full batch: runs at once
-    await wait_until(gate.entered.is_set)
+    await poll(gate.entered.is_set)
     queued = [asyncio.create_task(b.submit(i)) for i in range(4, 10)]
-    await wait_until(lambda: b.queued == 6)
+    await poll(lambda: b.queued == 6)
     closing = asyncio.create_task(b.close())
-    await wait_until(lambda: b.closed)
+    await poll(lambda: b.closed)
     with pytest.raises(BatcherClosed, match="'m' is shutting down"):
         await b.submit(100)
     gate.open()

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from metric_values import value
 from prometheus_client import CollectorRegistry
+from support.metrics import value
 
 from inferwatch import monitor_inference, track_inference
 from inferwatch.decorators import count_items

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from support.ports import free_port
 
 PORTS = ("server", "sidecar", "admin", "prometheus", "alertmanager", "webhook")
 

@@ -27,7 +27,7 @@ import yaml
 from compose_spec import PyCompose
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
-from sidecar_support import running_upstream
+from support.upstreams import running_upstream
 
 from inferwatch import generate, tracing
 from inferwatch.generate import compose, kubernetes

@@ -9,9 +9,9 @@ import urllib.request
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import promtool_check_metrics
-from metric_values import sample
 from prometheus_client import CollectorRegistry
+from support.metrics import sample
+from support.prometheus import promtool_check_metrics
 
 from inferwatch import metrics_handler, monitor_inference, start_metrics_server, track_inference
 from inferwatch._version import __version__

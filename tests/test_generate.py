@@ -25,14 +25,6 @@ def run(tool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[
     return subprocess.run([tool, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture(scope="session")
-def amtool() -> str:
-    path = shutil.which("amtool")
-    if path is None:
-        pytest.fail("amtool is not installed: run `make test`, which installs it")
-    return path
-
-
 def test_committed_files_are_fresh() -> None:
     stale = generate.stale(ROOT)
     assert stale == [], f"regenerate with `inferwatch generate` and commit: {stale}"

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from conftest import promtool_check_metrics
-from fake_pynvml import FakeGpu, build, clear_visible_devices, install, mig
-from metric_values import samples
 from prometheus_client import CollectorRegistry, generate_latest
+from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install, mig
+from support.metrics import samples
+from support.prometheus import promtool_check_metrics
 
 from inferwatch import gpu, schema
 from inferwatch.gpu import GpuCollector, parse_visible_devices, start_gpu_metrics

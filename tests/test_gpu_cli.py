@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from fake_pynvml import FakeGpu, build, clear_visible_devices, install, mig
+from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install, mig
 
 from inferwatch import cli
 from inferwatch.gpu_cli import human_bytes, human_joules

@@ -26,10 +26,10 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from conftest import free_port
-from fake_pynvml import FakeGpu, build, clear_visible_devices, install
 from prometheus_client import CollectorRegistry, generate_latest
-from sidecar_support import running_sidecar
+from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install
+from support.ports import free_port
+from support.sidecar import running_sidecar
 
 from inferwatch import generate, monitor_inference
 from inferwatch.generate import autoscaling, dashboards

@@ -8,9 +8,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from conftest import promtool_check_metrics
-from metric_values import sample
 from prometheus_client.multiprocess import mark_process_dead
+from support.metrics import sample
+from support.prometheus import promtool_check_metrics
 
 WORKER = """
 import sys

@@ -21,7 +21,8 @@ from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2_grpc,
 )
 from prometheus_client import CollectorRegistry
-from sidecar_support import running_upstream, unused_port, v2_body
+from support.ports import free_port
+from support.upstreams import running_upstream, v2_body
 
 from inferwatch import monitor_inference, schema
 from inferwatch.otlp_metrics import start_otlp_metrics
@@ -175,10 +176,10 @@ async def _push_after_one_request(
 
 async def test_the_sidecar_pushes_its_metrics_when_asked() -> None:
     async with running_upstream() as upstream:
-        port = unused_port()
+        port = free_port()
         command = [
             *(sys.executable, "-m", "inferwatch", "sidecar", "--upstream", upstream.url),
-            *("--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{unused_port()}"),
+            *("--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{free_port()}"),
             *("--otlp-metrics", "--drain-quiet-period", "0"),
         ]
         base = f"http://127.0.0.1:{port}"
@@ -188,7 +189,7 @@ async def test_the_sidecar_pushes_its_metrics_when_asked() -> None:
 
 
 async def test_the_model_server_pushes_its_metrics_when_asked() -> None:
-    port = unused_port()
+    port = free_port()
     command = [
         *(sys.executable, "-m", "inferwatch", "serve", "--model-size", "tiny"),
         *("--host", "127.0.0.1", "--port", str(port), "--otlp-metrics"),

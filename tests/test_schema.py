@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import promtool_check_metrics
-from histogram_math import histogram_quantile, lognormal_buckets
 from prometheus_client import CollectorRegistry, generate_latest
+from support.metrics import histogram_quantile, lognormal_buckets
+from support.prometheus import promtool_check_metrics
 
 from inferwatch import schema
 

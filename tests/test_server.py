@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import torch
-from batching_support import wait_until
-from conftest import promtool_check_metrics
-from fake_pynvml import FakeGpu, build, clear_visible_devices, install
 from prometheus_client import CollectorRegistry
-from server_support import IMAGE_MODEL, TEXT_MODEL, Served, start_server, tiny_config
+from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install
+from support.model_server import IMAGE_MODEL, TEXT_MODEL, Served, start_server, tiny_config
+from support.polling import poll
+from support.prometheus import promtool_check_metrics
 
 from inferwatch import schema
 from inferwatch.server.models import TEXT_LABELS, encode_text
@@ -45,7 +45,7 @@ async def hold_first(served: Served, model: str = TEXT_MODEL) -> asyncio.Task[An
     else:
         body = {"instances": [image(0).tolist()]}
         task = asyncio.create_task(served.request("POST", f"/v1/models/{model}:predict", json=body))
-    await wait_until(gate.entered.is_set)
+    await poll(gate.entered.is_set)
     return task
 
 
@@ -88,7 +88,7 @@ async def test_not_ready_until_every_preferred_size_is_warmed_up(
     config = tiny_config(max_batch_size=16, preferred_batch_sizes=(4, 8))
     served = await start_server(registry, config, wait_ready=False, gates_open=False)
     try:
-        await wait_until(served.gates[TEXT_MODEL].entered.is_set)  # warm-up is running
+        await poll(served.gates[TEXT_MODEL].entered.is_set)  # warm-up is running
         status, body, _ = await served.request("GET", "/v2/health/ready")
         assert (status, body) == (503, {"ready": False})
         assert (await served.request("GET", f"/v2/models/{TEXT_MODEL}/ready"))[0] == 503
@@ -97,7 +97,7 @@ async def test_not_ready_until_every_preferred_size_is_warmed_up(
         assert (status, body["reason"], headers["Retry-After"]) == (503, "not_ready", "1")
         for gate in served.gates.values():
             gate.open()
-        await wait_until(lambda: served.server.ready)
+        await poll(lambda: served.server.ready)
         assert (await served.request("GET", "/v2/health/ready"))[:2] == (200, {"ready": True})
         for model in (TEXT_MODEL, IMAGE_MODEL):
             assert served.gates[model].batch_sizes == [1, 4, 8, 16]
@@ -117,7 +117,7 @@ async def test_a_failed_warm_up_keeps_the_server_unready(registry: CollectorRegi
         served.gates[TEXT_MODEL].open()
         warm_up = served.server._warm_up
         assert warm_up is not None
-        await wait_until(warm_up.done)
+        await poll(warm_up.done)
         assert (await served.request("GET", "/v2/health/ready"))[:2] == (503, {"ready": False})
         assert (await served.request("GET", "/v2/health/live"))[0] == 200
         status, body, _ = await served.request("POST", "/predict", json={"text": "hi"})
@@ -258,7 +258,7 @@ async def test_concurrent_requests_share_a_batch(served: Served) -> None:
     others = [
         asyncio.create_task(served.request("POST", "/predict", json={"text": t})) for t in texts
     ]
-    await wait_until(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 16)
+    await poll(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 16)
     served.gates[TEXT_MODEL].open()
     assert (await first)[0] == 200
     answers = await asyncio.gather(*others)
@@ -297,7 +297,7 @@ async def test_a_failing_batch_fails_only_its_requests(served: Served) -> None:
         asyncio.create_task(served.request("POST", "/predict", json={"text": t}))
         for t in ("boom", "innocent bystander")
     ]
-    await wait_until(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 2)
+    await poll(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 2)
     gate.open()
     assert (await first)[0] == 200
     for status, body, _ in await asyncio.gather(*doomed):
@@ -316,12 +316,10 @@ async def test_a_failing_batch_fails_only_its_requests(served: Served) -> None:
 async def test_client_that_hangs_up_is_dropped_from_the_queue(served: Served) -> None:
     first = await hold_first(served)
     impatient = asyncio.create_task(served.request("POST", "/predict", json={"text": "gone"}))
-    await wait_until(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 1)
+    await poll(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 1)
     impatient.cancel()  # closes the connection; the server cancels the handler
     labels = {"model_name": TEXT_MODEL, "model_version": "1"}
-    await wait_until(
-        lambda: served.metric(schema.INFERENCE_FAILURES, reason="cancelled", **labels) == 1
-    )
+    await poll(lambda: served.metric(schema.INFERENCE_FAILURES, reason="cancelled", **labels) == 1)
     assert served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 0
     served.gates[TEXT_MODEL].open()
     assert (await first)[0] == 200
@@ -336,7 +334,7 @@ async def test_full_queue_answers_503_with_retry_after(registry: CollectorRegist
         queued = asyncio.create_task(
             served.request("POST", "/batch_predict", json={"texts": ["one", "two"]})
         )
-        await wait_until(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 2)
+        await poll(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 2)
         status, body, headers = await served.request("POST", "/predict", json={"text": "three"})
         assert status == 503
         assert headers["Retry-After"] == "1"
@@ -350,7 +348,7 @@ async def test_full_queue_answers_503_with_retry_after(registry: CollectorRegist
         other = asyncio.create_task(
             served.request("POST", f"/v1/models/{IMAGE_MODEL}:predict", json=img)
         )
-        await wait_until(lambda: served.metric(schema.ACTIVE_REQUESTS, model_name=IMAGE_MODEL) == 1)
+        await poll(lambda: served.metric(schema.ACTIVE_REQUESTS, model_name=IMAGE_MODEL) == 1)
         served.gates[TEXT_MODEL].open()
         assert (await first)[0] == 200
         assert (await queued)[0] == 200
@@ -589,10 +587,10 @@ async def test_shutdown_finishes_queued_requests(registry: CollectorRegistry) ->
         ]
         v2 = _tensor("image", [1, 3, 32, 32], "FP32", image(2).flatten().tolist())
         queued.append(asyncio.create_task(served.request("POST", IMAGE_V2, json=v2)))
-        await wait_until(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 8)
-        await wait_until(lambda: served.metric(schema.ACTIVE_REQUESTS, model_name=IMAGE_MODEL) == 1)
+        await poll(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 8)
+        await poll(lambda: served.metric(schema.ACTIVE_REQUESTS, model_name=IMAGE_MODEL) == 1)
         stopping = asyncio.create_task(served.runner.cleanup())
-        await wait_until(lambda: served.server.draining)
+        await poll(lambda: served.server.draining)
         assert not served.server.ready
         served.gates[TEXT_MODEL].open()
         await asyncio.wait_for(stopping, 20)
@@ -620,7 +618,7 @@ async def test_gpu_families_join_the_servers_metrics(
     served.server.start_gpu_metrics()
     labels = {"gpu": "0", "uuid": "GPU-0001", "name": "NVIDIA H100 80GB HBM3"}
     name = schema.GPU_UTILIZATION.name
-    await wait_until(lambda: served.registry.get_sample_value(name, labels) is not None)
+    await poll(lambda: served.registry.get_sample_value(name, labels) is not None)
     async with served.session.get(served.url + "/metrics") as response:
         text = await response.text()
     assert f'{name}{{gpu="0",name="NVIDIA H100 80GB HBM3",uuid="GPU-0001"}} 0.87' in text

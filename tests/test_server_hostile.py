@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 import torch
-from batching_support import wait_until
-from conftest import promtool_check_metrics
 from prometheus_client import CollectorRegistry
-from server_support import IMAGE_MODEL, TEXT_MODEL, Served, start_server, tiny_config
+from support.model_server import IMAGE_MODEL, TEXT_MODEL, Served, start_server, tiny_config
+from support.polling import poll
+from support.prometheus import promtool_check_metrics
 
 from inferwatch import schema
 
@@ -153,7 +153,7 @@ async def hold_text_batch(served: Served) -> asyncio.Task[Any]:
     gate = served.gates[TEXT_MODEL]
     gate.close()
     task = asyncio.create_task(hit(served, "POST", "/predict", json_body={"text": "first"}))
-    await wait_until(gate.entered.is_set)
+    await poll(gate.entered.is_set)
     return task
 
 
@@ -482,12 +482,12 @@ async def test_client_gone_while_queued_its_items_never_reach_the_model(
                 session=impatient,
             )
         )
-        await wait_until(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 5)
+        await poll(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 5)
         stays = asyncio.create_task(hit(served, "POST", "/predict", json_body={"text": "stays"}))
-        await wait_until(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 6)
+        await poll(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 6)
         gone.cancel()
         await impatient.close()
-        await wait_until(lambda: totals(served, TEXT_MODEL)["cancelled"] == 5)
+        await poll(lambda: totals(served, TEXT_MODEL)["cancelled"] == 5)
         assert served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 1
         served.gates[TEXT_MODEL].open()
         assert (await first)[0] == 200
@@ -521,15 +521,15 @@ async def test_client_gone_while_its_batch_computes_batch_mates_still_answered(
                 session=impatient,
             )
         )
-        await wait_until(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 2)
+        await poll(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 2)
         stays = asyncio.create_task(hit(served, "POST", "/predict", json_body={"text": "stays"}))
-        await wait_until(gate.entered.is_set)
+        await poll(gate.entered.is_set)
         batcher = served.server.batchers[TEXT_MODEL]
         gone_entries = batcher._running[:2]
         assert [e.item for e in gone_entries] == [b"gone a", b"gone b"]
         gone.cancel()
         await impatient.close()
-        await wait_until(lambda: all(e.future.cancelled() for e in gone_entries))
+        await poll(lambda: all(e.future.cancelled() for e in gone_entries))
         gate.open()
         status, _, _, raw = await stays
         assert status == 200
@@ -538,7 +538,7 @@ async def test_client_gone_while_its_batch_computes_batch_mates_still_answered(
             served.unbatched(TEXT_MODEL, b"stays"),
         )
         assert gate.batch_sizes[0] == 3
-        await wait_until(lambda: served.metric(schema.ACTIVE_REQUESTS, model_name=TEXT_MODEL) == 0)
+        await poll(lambda: served.metric(schema.ACTIVE_REQUESTS, model_name=TEXT_MODEL) == 0)
         assert totals(served, TEXT_MODEL) == exactly(success=1, error=2, cancelled=2)
     finally:
         await served.stop()
@@ -605,7 +605,7 @@ async def test_overload_rejects_with_503_and_counts_every_rejected_item(
             asyncio.create_task(hit(served, "POST", "/predict", json_body={"text": f"q{i}"}))
             for i in range(4)
         ]
-        await wait_until(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 4)
+        await poll(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 4)
         for path, body in [
             ("/predict", {"text": "one too many"}),
             ("/batch_predict", {"texts": ["a", "b"]}),

@@ -7,11 +7,13 @@ import json
 
 import aiohttp
 import pytest
-from conftest import promtool_check_metrics
-from fake_pynvml import FakeGpu, build, clear_visible_devices, install
-from metric_values import samples
 from prometheus_client import CollectorRegistry
-from sidecar_support import LOOPBACK, metric, running_sidecar, running_upstream, v2_body
+from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install
+from support.metrics import samples
+from support.ports import LOOPBACK
+from support.prometheus import promtool_check_metrics
+from support.sidecar import metric, running_sidecar
+from support.upstreams import running_upstream, v2_body
 
 from inferwatch.sidecar.admin import scrape_timeout
 from inferwatch.sidecar.cli import start_gpu

@@ -9,7 +9,9 @@ import signal
 import sys
 
 import aiohttp
-from sidecar_support import LOOPBACK, running_sidecar, running_upstream, unused_port, v2_body
+from support.ports import LOOPBACK, free_port
+from support.sidecar import running_sidecar
+from support.upstreams import running_upstream, v2_body
 
 JSON = {"Content-Type": "application/json"}
 
@@ -86,7 +88,7 @@ SIDECAR_UNDER_LOAD_SECONDS = 0.15  # each request's time in the model
 async def test_sigterm_under_load_drops_no_request() -> None:
     """A real ``inferwatch sidecar`` process gets SIGTERM while requests are in flight."""
     async with running_upstream() as up:
-        port, admin_port = unused_port(), unused_port()
+        port, admin_port = free_port(), free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

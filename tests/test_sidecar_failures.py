@@ -6,14 +6,9 @@ import asyncio
 import json
 
 import aiohttp
-from sidecar_support import (
-    LOOPBACK,
-    metric,
-    running_sidecar,
-    running_upstream,
-    unused_port,
-    v2_body,
-)
+from support.ports import LOOPBACK, free_port
+from support.sidecar import metric, running_sidecar
+from support.upstreams import running_upstream, v2_body
 
 from inferwatch.sidecar.server import Sidecar
 
@@ -56,7 +51,7 @@ async def post(session: aiohttp.ClientSession, target: str) -> tuple[int, dict, 
 
 
 async def test_upstream_down_is_502_upstream_unavailable() -> None:
-    down = f"http://{LOOPBACK}:{unused_port()}"
+    down = f"http://{LOOPBACK}:{free_port()}"
     async with running_sidecar(down) as sc, aiohttp.ClientSession() as session:
         status, headers, body = await post(session, url(sc))
         assert status == 502

@@ -8,10 +8,10 @@ import aiohttp
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
-from sidecar_support import LOOPBACK, sidecar_config
-
 from inferwatch.sidecar.server import Sidecar
+from prometheus_client import CollectorRegistry
+from support.ports import LOOPBACK
+from support.sidecar import sidecar_config
 
 PATHS = (
     "/v2/models/m/infer",

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sidecar_support import LOOPBACK, metric, running_sidecar
+from support.ports import LOOPBACK
+from support.sidecar import metric, running_sidecar
 
 from inferwatch.sidecar import httpserver
 from inferwatch.sidecar.server import Sidecar

@@ -9,7 +9,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sidecar_support import LOOPBACK, metric, running_sidecar, running_upstream, v2_body
+from support.ports import LOOPBACK
+from support.sidecar import metric, running_sidecar
+from support.upstreams import running_upstream, v2_body
 
 
 async def exchange(port: int, data: bytes, until_close: bool = True) -> bytes:

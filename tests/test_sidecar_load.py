@@ -8,7 +8,9 @@ import random
 from collections import Counter
 
 import aiohttp
-from sidecar_support import LOOPBACK, metric, running_sidecar, running_upstream, v2_body
+from support.ports import LOOPBACK
+from support.sidecar import metric, running_sidecar
+from support.upstreams import running_upstream, v2_body
 
 JSON = {"Content-Type": "application/json"}
 MODELS = ("resnet", "bert", "yolo")

@@ -22,7 +22,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families as text_parse
-from sidecar_support import LOOPBACK, own_registry, running_sidecar
+from support.ports import LOOPBACK
+from support.sidecar import own_registry, running_sidecar
 
 from inferwatch import schema
 from inferwatch.sidecar import merge

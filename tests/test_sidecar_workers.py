@@ -10,8 +10,9 @@ import sys
 
 import aiohttp
 import pytest
-from metric_values import samples
-from sidecar_support import LOOPBACK, running_upstream, unused_port, v2_body
+from support.metrics import samples
+from support.ports import LOOPBACK, free_port
+from support.upstreams import running_upstream, v2_body
 
 JSON = {"Content-Type": "application/json"}
 REQUESTS = 200
@@ -24,7 +25,7 @@ def children(pid: int) -> list[int]:
 
 async def test_two_workers_share_the_port_and_metrics_add_up() -> None:
     async with running_upstream() as up:
-        port, admin_port = unused_port(), unused_port()
+        port, admin_port = free_port(), free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -112,11 +113,11 @@ async def test_a_taken_port_stops_start_up_with_a_message(workers: str) -> None:
             "ERROR",
             "sidecar",
             "--upstream",
-            f"http://{LOOPBACK}:{unused_port()}",
+            f"http://{LOOPBACK}:{free_port()}",
             "--listen",
             f"{LOOPBACK}:{port}",
             "--admin",
-            f"{LOOPBACK}:{unused_port()}",
+            f"{LOOPBACK}:{free_port()}",
             "--workers",
             workers,
             stderr=asyncio.subprocess.PIPE,

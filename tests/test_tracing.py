@@ -18,9 +18,10 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
-from server_support import TEXT_MODEL, start_server
-from sidecar_support import running_sidecar, running_upstream, unused_port, v2_body
-from tracing_support import (
+from support.model_server import TEXT_MODEL, start_server
+from support.ports import free_port
+from support.sidecar import running_sidecar
+from support.tracing import (
     SPAN_KIND_SERVER,
     ReceivedSpan,
     finished,
@@ -29,6 +30,7 @@ from tracing_support import (
     http_receiver,
     in_memory_tracing,
 )
+from support.upstreams import running_upstream, v2_body
 
 from inferwatch import cli, monitor_inference, schema, tracing, track_inference
 from inferwatch.batching import DynamicBatcher, Overloaded
@@ -551,7 +553,7 @@ async def test_processes_export_by_otel_env_and_prometheus_stores_the_exemplars(
                 assert server.stdout is not None
                 line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
                 upstream = line.split("listening on ")[1].split()[0]
-                proxy_port, admin_port = unused_port(), unused_port()
+                proxy_port, admin_port = free_port(), free_port()
                 sidecar = await asyncio.create_subprocess_exec(
                     *(sys.executable, "-m", "inferwatch", "sidecar", "--upstream", upstream),
                     *("--listen", f"127.0.0.1:{proxy_port}", "--admin", f"127.0.0.1:{admin_port}"),
@@ -599,7 +601,7 @@ async def _prometheus_returns_exemplars(
     sidecar_span: ReceivedSpan,
     request_span: ReceivedSpan,
 ) -> None:
-    port = unused_port()
+    port = free_port()
     config = (
         "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
         "scrape_configs: [{job_name: pod, static_configs: "
@@ -724,7 +726,7 @@ async def test_an_unsampled_request_propagates_without_a_span() -> None:
 async def test_a_failed_proxied_request_records_its_reason_as_error_type() -> None:
     with in_memory_tracing() as exporter:
         async with (
-            running_sidecar(f"http://127.0.0.1:{unused_port()}", upstream_ready_path="") as sc,
+            running_sidecar(f"http://127.0.0.1:{free_port()}", upstream_ready_path="") as sc,
             aiohttp.ClientSession() as session,
         ):
             proxy = f"http://127.0.0.1:{sc.proxy_port}"
@@ -833,7 +835,7 @@ async def test_workers_each_start_tracing_and_keep_no_exemplars() -> None:
             OTEL_BSP_SCHEDULE_DELAY="50",
         )
         async with running_upstream() as upstream, aiohttp.ClientSession() as session:
-            port, admin_port = unused_port(), unused_port()
+            port, admin_port = free_port(), free_port()
             proc = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "inferwatch", "sidecar", "--upstream", upstream.url),
                 *("--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin_port}"),

@@ -7,7 +7,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from batching_support import Gate, wait_until
 from prometheus_client import CollectorRegistry
 
 from inferwatch import schema
@@ -21,6 +20,9 @@ from inferwatch.server.app import (
     create_app,
 )
 from inferwatch.server.models import ModelRunner
+from support.batching import Gate
+from support.polling import poll
+from support.ports import LOOPBACK
 
 
 def tiny_config(**overrides: Any) -> ServerConfig:
@@ -86,11 +88,11 @@ async def start_server(
     app = create_app(config, registry=registry, runners=runners)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=10)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, LOOPBACK, 0)
     await site.start()
     port = runner.addresses[0][1]
     served = Served(
-        url=f"http://127.0.0.1:{port}",
+        url=f"http://{LOOPBACK}:{port}",
         session=aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)),
         runner=runner,
         server=app[SERVER_KEY],
@@ -99,7 +101,7 @@ async def start_server(
         runners={model.name: model for model in runners},
     )
     if wait_ready:
-        await wait_until(lambda: served.server.ready)
+        await poll(lambda: served.server.ready, "the server to be ready")
         for gate in gates.values():
             gate.calls.clear()  # forget the warm-up batches
     return served

@@ -1,8 +1,7 @@
-"""Helpers for the batching and server tests: a gate that holds a batch function, polling."""
+"""A gate that holds a batch function, for the batching and model server tests."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,13 +39,3 @@ class Gate:
     @property
     def batch_sizes(self) -> list[int]:
         return [len(call) for call in self.calls]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` on the event loop until it holds (fails the test after ``timeout``)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not reached within {timeout} s")
-        await asyncio.sleep(0.002)

@@ -1,4 +1,5 @@
-"""Real upstreams on loopback speaking each protocol, and a sidecar started in-process."""
+"""A real model server on loopback that speaks every protocol the sidecar knows, with switches
+that make it misbehave (status codes, held or slow answers, streams released by the test)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from conftest import free_port
-from prometheus_client import CollectorRegistry
 
-from inferwatch import schema
-from inferwatch.metrics import InferenceMetrics
-from inferwatch.sidecar.config import Address, SidecarConfig
-from inferwatch.sidecar.server import Sidecar
-
-LOOPBACK = "127.0.0.1"
+from support.http import serving
 
 UPSTREAM_METRICS = (
     "# HELP nv_gpu_utilization GPU utilization rate [0.0 - 1.0).\n"
@@ -192,69 +186,19 @@ def upstream_app(state: Upstream) -> web.Application:
 
 @asynccontextmanager
 async def running_upstream() -> AsyncIterator[Upstream]:
+    """The upstream on an ephemeral port (``state.url``); held requests are let go at the end."""
     state = Upstream()
-    runner = web.AppRunner(
-        upstream_app(state), access_log=None, shutdown_timeout=0.5, handler_cancellation=True
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, 0)
-    await site.start()
-    state.url = f"http://{LOOPBACK}:{runner.addresses[0][1]}"
-    try:
-        yield state
-    finally:
-        state.hold.set()
-        state.release_stream.set()
-        await runner.cleanup()
-
-
-def sidecar_config(upstream: str, **overrides: Any) -> SidecarConfig:
-    base = SidecarConfig(
-        upstream=upstream,
-        listen=Address(LOOPBACK, 0),
-        admin=Address(LOOPBACK, 0),
-        drain_quiet_period=0.0,
-        ready_interval=0.2,
-    )
-    return replace(base, **overrides)
-
-
-@asynccontextmanager
-async def running_sidecar(
-    upstream: str, registry: CollectorRegistry | None = None, **overrides: Any
-) -> AsyncIterator[Sidecar]:
-    sidecar = Sidecar(sidecar_config(upstream, **overrides), registry or CollectorRegistry())
-    await sidecar.start()
-    try:
-        yield sidecar
-    finally:
-        await sidecar.stop()
-
-
-def unused_port() -> int:
-    """A loopback port nothing listens on: 'upstream down'."""
-    return free_port()
-
-
-def metric(sidecar: Sidecar, name: str, **labels: str) -> float:
-    """One sample of the sidecar's registry (``source="sidecar"`` added); 0.0 when absent."""
-    if name != "inferwatch_upstream_up":
-        labels = {"source": "sidecar", **labels}
-    found = sidecar.registry.get_sample_value(name, labels)
-    return 0.0 if found is None else found
+    app = upstream_app(state)
+    async with serving(app, shutdown_timeout=0.5, handler_cancellation=True) as url:
+        state.url = url
+        try:
+            yield state
+        finally:
+            state.hold.set()
+            state.release_stream.set()
 
 
 def v2_body(batch: int) -> bytes:
+    """An Open Inference Protocol request body with ``batch`` rows."""
     doc = {"inputs": [{"name": "x", "shape": [batch, 2], "datatype": "FP32", "data": [0] * batch}]}
     return json.dumps(doc).encode()
-
-
-def own_registry() -> CollectorRegistry:
-    """The sidecar's side of a merge: inference families with one recorded request, and
-    inferwatch_upstream_up."""
-    registry = CollectorRegistry()
-    model = InferenceMetrics(registry).model(schema.SOURCE_SIDECAR, "resnet50", "1")
-    model.success.inc()
-    model.duration.observe(0.12)
-    schema.UPSTREAM_UP.create(registry).set(1)  # type: ignore[union-attr]
-    return registry

@@ -3,7 +3,6 @@ and an in-memory tracing fixture."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,8 +18,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from inferwatch import tracing
+from support.http import serving
+from support.polling import poll
+from support.ports import LOOPBACK
 
-LOOPBACK = "127.0.0.1"
 SPAN_KIND_SERVER = 2  # opentelemetry.proto.trace.v1.Span.SpanKind
 STATUS_ERROR = 2
 
@@ -90,14 +91,15 @@ class Received:
         self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 20.0
     ) -> list[ReceivedSpan]:
         """Poll until ``predicate(spans)`` holds; the spans then."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
+
+        def arrived() -> tuple[list[ReceivedSpan]] | None:
             spans = self.snapshot()
-            if predicate(spans):
-                return spans
-            assert loop.time() < deadline, f"spans never arrived; got {spans}"
-            await asyncio.sleep(0.02)
+            return (spans,) if predicate(spans) else None  # a tuple: truthy even for []
+
+        (spans,) = await poll(
+            arrived, lambda: f"spans; got {self.snapshot()}", timeout=timeout, interval=0.02
+        )
+        return spans
 
 
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
@@ -144,14 +146,8 @@ async def http_receiver() -> AsyncIterator[tuple[str, Received]]:
 
     app = web.Application()
     app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, 0)
-    await site.start()
-    try:
-        yield f"http://{LOOPBACK}:{runner.addresses[0][1]}", received
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url, received
 
 
 @contextmanager
