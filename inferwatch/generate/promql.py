@@ -1,12 +1,15 @@
-"""PromQL shared by the dashboards, the rules and the autoscaling configs.
+"""Every PromQL expression the dashboards, the rules and the autoscaling configs send.
 
-Recording rule names and the expressions behind them are defined here once, so the HPA, the
-dashboards and the alerts cannot disagree about what "p95" or "error ratio" means. Names follow
-Prometheus' ``level:metric:operations`` convention.
+Each query is a function of the selectors (label matchers) its caller chooses: the dashboards
+pass Grafana variables and ``$__rate_interval``, the rules fixed labels and windows. So the HPA,
+the dashboards and the alerts cannot disagree about what "p95" or "error ratio" means, and a
+renamed family cannot leave a query behind. Recording rule names follow Prometheus'
+``level:metric:operations`` convention.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from inferwatch import schema
@@ -18,8 +21,7 @@ POD_LABELS = ("namespace", "pod")
 SERVER_SIDE_REASONS_RE = "|".join(schema.SERVER_SIDE_REASONS)
 
 
-def by(labels: tuple[str, ...]) -> str:
-    return ", ".join(labels)
+# --- spelling: durations, bucket bounds, label lists, selectors -------------------------------
 
 
 def duration(seconds: float) -> str:
@@ -33,9 +35,256 @@ def duration(seconds: float) -> str:
     return f"{ms}ms"
 
 
+def seconds(text: str) -> float:
+    """The inverse of duration(): '5m' -> 300."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    for unit in ("ms", "s", "m", "h", "d"):
+        if text.endswith(unit) and text[: -len(unit)].isdigit():
+            return int(text[: -len(unit)]) * units[unit]
+    raise ValueError(text)
+
+
 def le(bound: float) -> str:
     """A bucket bound as prometheus_client writes it in the ``le`` label."""
     return repr(float(bound))
+
+
+def by(labels: Sequence[str]) -> str:
+    return ", ".join(labels)
+
+
+def eq(label: str, value: str) -> str:
+    return f'{label}="{value}"'
+
+
+def ne(label: str, value: str) -> str:
+    return f'{label}!="{value}"'
+
+
+def matches(label: str, regex: str) -> str:
+    return f'{label}=~"{regex}"'
+
+
+def one_of(label: str, values: Sequence[str]) -> str:
+    return matches(label, "|".join(values))
+
+
+# The failures that spend the availability budget: not a client's 4xx, not a caller hanging up.
+SERVER_SIDE = matches("reason", SERVER_SIDE_REASONS_RE)
+
+
+def selector(*matchers: str, **labels: str) -> str:
+    """``{a="1",b=~"x"}``, as rules and configs write it: keywords (equality) first."""
+    return "{" + ",".join([*(eq(k, v) for k, v in labels.items()), *matchers]) + "}"
+
+
+def series(metric: str, **labels: str) -> str:
+    """One series, labels sorted: promtool's input notation."""
+    return metric + selector(**dict(sorted(labels.items())))
+
+
+def grafana_selector(*matchers: str, **labels: str) -> str:
+    """A selector on Grafana variables: a keyword whose value is a variable ("$model") matches
+    as a regex, since a variable's value is one (multi-value, "All")."""
+    pairs = [matches(k, v) if v.startswith("$") else eq(k, v) for k, v in labels.items()]
+    return "{" + ", ".join([*pairs, *matchers]) + "}"
+
+
+# --- building blocks ----------------------------------------------------------------------------
+
+
+def instant(metric: str, selector: str) -> str:
+    return f"{metric}{selector}"
+
+
+def rate(metric: str, selector: str, window: str) -> str:
+    return f"rate({metric}{selector}[{window}])"
+
+
+def increase(metric: str, selector: str, window: str) -> str:
+    return f"increase({metric}{selector}[{window}])"
+
+
+def sum_by(labels: Sequence[str], expr: str) -> str:
+    return f"sum by ({by(labels)}) ({expr})"
+
+
+def quantile(
+    q: int, family: schema.Family, selector: str, labels: Sequence[str], window: str
+) -> str:
+    """The q-th percentile of a histogram family, per ``labels``."""
+    buckets = sum_by([*labels, "le"], rate(family.bucket, selector, window))
+    return f"histogram_quantile({q / 100:g}, {buckets})"
+
+
+def total(expr: str) -> str:
+    return f"sum({expr})"
+
+
+def count(expr: str) -> str:
+    return f"count({expr})"
+
+
+def ratio(numerator: str, denominator: str) -> str:
+    return f"{numerator} / {denominator}"
+
+
+def vector(value: float) -> str:
+    """A constant line (a target drawn next to the series it bounds)."""
+    return f"vector({value})"
+
+
+def average_per_namespace(expr: str) -> str:
+    return f"avg by (namespace) ({expr})"
+
+
+def ms_without_idle(seconds_expr: str) -> str:
+    """Seconds as milliseconds; a pod without traffic (NaN) left out, as the adapter serves it."""
+    return f"1000 * ({seconds_expr} >= 0)"
+
+
+# --- inference: per model -------------------------------------------------------------------
+
+
+def requests_per_second(selector: str, labels: Sequence[str], window: str) -> str:
+    return sum_by(labels, rate(schema.INFERENCE_TOTAL.name, selector, window))
+
+
+def failures_per_second(selector: str, labels: Sequence[str], window: str) -> str:
+    """Every failure, by reason (client errors included)."""
+    return sum_by([*labels, "reason"], rate(schema.INFERENCE_FAILURES.name, selector, window))
+
+
+def error_ratio(
+    failures_selector: str, requests_selector: str, labels: Sequence[str], window: str
+) -> str:
+    """Failures per inference; ``failures_selector`` picks which failures count."""
+    return ratio(
+        sum_by(labels, rate(schema.INFERENCE_FAILURES.name, failures_selector, window)),
+        requests_per_second(requests_selector, labels, window),
+    )
+
+
+def gauge_sum(family: schema.Family, selector: str, labels: Sequence[str]) -> str:
+    return sum_by(labels, instant(family.name, selector))
+
+
+def tokens_per_second(selector: str, labels: Sequence[str], window: str) -> str:
+    return sum_by([*labels, "type"], rate(schema.TOKENS.name, selector, window))
+
+
+def bucket_increase(family: schema.Family, selector: str, window: str) -> str:
+    """A histogram's buckets as they are, for a heatmap."""
+    return sum_by(["le"], increase(family.bucket, selector, window))
+
+
+def mean(family: schema.Family, selector: str, labels: Sequence[str], window: str) -> str:
+    """A histogram's mean observation: sum over count."""
+    return ratio(
+        sum_by(labels, rate(family.sum, selector, window)),
+        sum_by(labels, rate(family.count, selector, window)),
+    )
+
+
+# --- the sidecar ----------------------------------------------------------------------------
+
+
+def upstream_ready(selector: str) -> str:
+    """Per pod: 1 while the sidecar's model server answers its readiness check."""
+    return f"min by ({by(POD_LABELS)}) ({schema.UPSTREAM_UP.name}{selector})"
+
+
+def upstream_scrape_errors(selector: str, window: str) -> str:
+    """Per pod and reason; 0 for a sidecar without any, so that every sidecar shows."""
+    errors = sum_by(
+        [*POD_LABELS, "reason"], rate(schema.UPSTREAM_SCRAPE_ERRORS.name, selector, window)
+    )
+    return f"{errors} or on ({by(POD_LABELS)}) (0 * {upstream_ready(selector)})"
+
+
+# --- GPUs -----------------------------------------------------------------------------------
+
+
+def gpu_memory_used_ratio(selector: str) -> str:
+    return ratio(
+        instant(schema.GPU_MEMORY_USED.name, selector),
+        instant(schema.GPU_MEMORY_TOTAL.name, selector),
+    )
+
+
+def gpus_throttled(selector: str) -> str:
+    """How many GPUs have their clocks held down, per reason."""
+    return gauge_sum(schema.GPU_THROTTLED, selector, ["reason"])
+
+
+def gpu_errors(family: schema.Family, selector: str, labels: Sequence[str], window: str) -> str:
+    """New errors of a counter family (ECC, PCIe replays) per interval."""
+    return sum_by(labels, increase(family.name, selector, window))
+
+
+def gpu_collector_errors(errors_selector: str, gpus_selector: str, window: str) -> str:
+    """Per instance and reason; 0 for a collector without any, so that every collector shows."""
+    errors = sum_by(
+        ["instance", "reason"], rate(schema.GPU_COLLECTOR_ERRORS.name, errors_selector, window)
+    )
+    age = f"max by (instance) ({instant(schema.GPU_SAMPLE_AGE.name, gpus_selector)})"
+    return f"{errors} or on (instance) (0 * {age})"
+
+
+# --- autoscaling: what the HPA scales on ------------------------------------------------------
+
+POD_QUEUE_LENGTH = f"namespace_pod:{schema.QUEUE_LENGTH.name}:sum"
+POD_P95_SECONDS = f"namespace_pod:{schema.INFERENCE_DURATION.name}:p95_rate1m"
+
+
+def pod_queue_length_expr() -> str:
+    # Both layers' queues: requests waiting in the sidecar's admission queue plus those waiting
+    # in the app's batcher are all work the pod has not started.
+    return gauge_sum(schema.QUEUE_LENGTH, "", POD_LABELS)
+
+
+def pod_p95_expr(window: str = "1m") -> str:
+    # The sidecar measures at the pod boundary (queueing included): that is what callers feel.
+    return quantile(
+        95, schema.INFERENCE_DURATION, selector(source=schema.SOURCE_SIDECAR), POD_LABELS, window
+    )
+
+
+def pod_queue_length(selector: str) -> str:
+    return instant(POD_QUEUE_LENGTH, selector)
+
+
+def pod_p95_ms(selector: str) -> str:
+    return ms_without_idle(instant(POD_P95_SECONDS, selector))
+
+
+# prometheus-adapter's templates: <<.GroupBy>> inside the aggregation, or the pod label is lost;
+# ">= 0" drops the NaN of a pod without traffic: the HPA then treats it as idle instead of
+# failing the whole metric.
+ADAPTER_SUM_QUERY = "sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})"
+ADAPTER_MS_QUERY = "1000 * max by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>} >= 0)"
+
+
+def adapter_series(record: str) -> str:
+    """The adapter's discovery query: the recorded series of pods it can serve."""
+    return record + selector(ne("namespace", ""), ne("pod", ""))
+
+
+def deployment_queue_length(pods: Sequence[str]) -> str:
+    """KEDA: the queue summed over the deployment's pods; one element, 0 without pods."""
+    return f"{total(pod_queue_length(selector(*pods)))} or vector(0)"
+
+
+def deployment_p95_ms(pods: Sequence[str]) -> str:
+    """KEDA: the deployment's p95 (ms) as the sidecars measure it; one element, 0 idle."""
+    p95 = quantile(
+        95,
+        schema.INFERENCE_DURATION,
+        selector(eq("source", schema.SOURCE_SIDECAR), *pods),
+        (),
+        "1m",
+    )
+    return f"{ms_without_idle(p95)} or vector(0)"
 
 
 # kube-state-metrics' HPA series (not ours: the autoscaling dashboard and alert read them).
@@ -45,27 +294,13 @@ KSM_MIN_REPLICAS = "kube_horizontalpodautoscaler_spec_min_replicas"
 KSM_MAX_REPLICAS = "kube_horizontalpodautoscaler_spec_max_replicas"
 KSM_METRICS = (KSM_CURRENT_REPLICAS, KSM_DESIRED_REPLICAS, KSM_MIN_REPLICAS, KSM_MAX_REPLICAS)
 
-# --- per-pod: what the HPA scales on ----------------------------------------------------------
 
-POD_QUEUE_LENGTH = f"namespace_pod:{schema.QUEUE_LENGTH.name}:sum"
-POD_P95_SECONDS = f"namespace_pod:{schema.INFERENCE_DURATION.name}:p95_rate1m"
-
-
-def pod_queue_length_expr() -> str:
-    # Both layers' queues: requests waiting in the sidecar's admission queue plus those waiting
-    # in the app's batcher are all work the pod has not started.
-    return f"sum by ({by(POD_LABELS)}) ({schema.QUEUE_LENGTH.name})"
+def hpa_at_max_replicas(selector: str) -> str:
+    current, maximum = instant(KSM_CURRENT_REPLICAS, selector), instant(KSM_MAX_REPLICAS, selector)
+    return f"{current}\n>=\n{maximum}"
 
 
-def pod_p95_expr(window: str = "1m") -> str:
-    # The sidecar measures at the pod boundary (queueing included): that is what callers feel.
-    return (
-        f"histogram_quantile(0.95, sum by ({by(POD_LABELS)}, le) "
-        f'(rate({schema.INFERENCE_DURATION.bucket}{{source="{schema.SOURCE_SIDECAR}"}}[{window}])))'
-    )
-
-
-# --- per-model: dashboards and SLOs -----------------------------------------------------------
+# --- per-model recording rules: dashboards and SLOs --------------------------------------------
 
 
 def requests_rule(window: str) -> str:
@@ -89,37 +324,31 @@ def quantile_rule(q: int, window: str = "5m") -> str:
 
 
 def requests_expr(window: str) -> str:
-    return f"sum by ({by(MODEL_LABELS)}) (rate({schema.INFERENCE_TOTAL.name}[{window}]))"
+    return requests_per_second("", MODEL_LABELS, window)
 
 
 def errors_expr(window: str) -> str:
     # Only the serving side's failures spend the error budget: a client's 4xx or a caller that
     # hung up is not the model server's fault.
-    return (
-        f"sum by ({by(MODEL_LABELS)}) (rate({schema.INFERENCE_FAILURES.name}"
-        f'{{reason=~"{SERVER_SIDE_REASONS_RE}"}}[{window}]))'
-    )
+    return sum_by(MODEL_LABELS, rate(schema.INFERENCE_FAILURES.name, selector(SERVER_SIDE), window))
 
 
 def error_ratio_expr(window: str) -> str:
-    return f"{errors_rule(window)} / {requests_rule(window)}"
+    return ratio(errors_rule(window), requests_rule(window))
 
 
 def slow_ratio_expr(window: str, threshold_seconds: float) -> str:
     """Fraction of inferences slower than the latency objective's threshold."""
     d = schema.INFERENCE_DURATION
-    return (
-        f"1 - (sum by ({by(MODEL_LABELS)}) "
-        f'(rate({d.bucket}{{le="{le(threshold_seconds)}"}}[{window}])) '
-        f"/ sum by ({by(MODEL_LABELS)}) (rate({d.count}[{window}])))"
-    )
+    fast = sum_by(MODEL_LABELS, rate(d.bucket, selector(le=le(threshold_seconds)), window))
+    return f"1 - ({ratio(fast, sum_by(MODEL_LABELS, rate(d.count, '', window)))})"
 
 
 def quantile_expr(q: int, window: str = "5m") -> str:
-    return (
-        f"histogram_quantile({q / 100}, sum by ({by(MODEL_LABELS)}, le) "
-        f"(rate({schema.INFERENCE_DURATION.bucket}[{window}])))"
-    )
+    return quantile(q, schema.INFERENCE_DURATION, "", MODEL_LABELS, window)
+
+
+# --- alert conditions -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -136,8 +365,8 @@ class BurnWindow:
 def burn_windows(scale: float = 1.0) -> tuple[BurnWindow, ...]:
     """The SRE workbook's four conditions; ``scale`` shrinks every window (tests only)."""
 
-    def w(seconds: float) -> str:
-        return duration(seconds * scale)
+    def w(s: float) -> str:
+        return duration(s * scale)
 
     return (
         BurnWindow(w(3600), w(300), 14.4, "critical", w(120)),
@@ -153,12 +382,55 @@ def rule_windows(scale: float = 1.0) -> tuple[str, ...]:
     for condition in burn_windows(scale):
         seen[condition.short] = None
         seen[condition.long] = None
-    return tuple(sorted(seen, key=_seconds))
+    return tuple(sorted(seen, key=seconds))
 
 
-def _seconds(text: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-    for unit in ("ms", "s", "m", "h", "d"):
-        if text.endswith(unit) and text[: -len(unit)].isdigit():
-            return int(text[: -len(unit)]) * units[unit]
-    raise ValueError(text)
+def burning(
+    ratio_rule: Callable[[str], str], condition: BurnWindow, selector: str, threshold: float
+) -> str:
+    """The bad-event ratio above ``threshold`` over both the long and the short window."""
+    return (
+        f"{ratio_rule(condition.long)}{selector} > {threshold:g}\n"
+        f"and\n{ratio_rule(condition.short)}{selector} > {threshold:g}"
+    )
+
+
+def above(expr: str, threshold: float) -> str:
+    return f"{expr} > {threshold if isinstance(threshold, int) else format(threshold, 'g')}"
+
+
+def rejecting(window: str) -> str:
+    """Per model: the sidecar's admission queue turned inferences away."""
+    rejected = selector(reason=schema.REASON_REJECTED)
+    return above(
+        sum_by(("namespace", "model_name"), rate(schema.INFERENCE_FAILURES.name, rejected, window)),
+        0,
+    )
+
+
+def stopped_serving(selector: str, quiet: str, served: str) -> str:
+    """Per model: no inference over ``quiet``, though some over ``served``."""
+    per_model = ("namespace", "model_name")
+    total = schema.INFERENCE_TOTAL.name
+    return (
+        f"{sum_by(per_model, rate(total, selector, quiet))} == 0\n"
+        f"and\n{above(sum_by(per_model, increase(total, selector, served)), 0)}"
+    )
+
+
+def upstream_down() -> str:
+    return f"{schema.UPSTREAM_UP.name} == 0"
+
+
+def gpu_power_capped(window: str) -> str:
+    """The power-cap bit flickers under load: held down most of the time over ``window``."""
+    capped = selector(one_of("reason", schema.POWER_THROTTLE_REASONS))
+    return above(
+        f"max without (reason) (avg_over_time({schema.GPU_THROTTLED.name}{capped}[{window}]))", 0.5
+    )
+
+
+def gpu_collector_failing(window: str) -> str:
+    """NVML calls keep failing; a call a device does not support is not a failure."""
+    failing = selector(ne("reason", schema.GPU_ERROR_NOT_SUPPORTED))
+    return above(rate(schema.GPU_COLLECTOR_ERRORS.name, failing, window), 0)

@@ -139,7 +139,7 @@ def _latency(
 
 
 def _minutes(text: str) -> float:
-    return promql._seconds(text) / 60
+    return promql.seconds(text) / 60
 
 
 def _burn_alerts(
