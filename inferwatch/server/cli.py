@@ -170,37 +170,23 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"inferwatch serve: error: {exc}", file=sys.stderr)
         return 2
-    from inferwatch import tracing
+    from inferwatch import runtime, tracing
 
     try:
-        tracing.setup_tracing(args.tracing, default_service_name="inferwatch-server")
+        runtime.start_tracing(args.tracing, "inferwatch-server")
     except tracing.TracingConfigError as exc:
         print(f"inferwatch serve: bad tracing configuration: {exc}", file=sys.stderr)
         return 2
-    pusher = None
-    if args.otlp_metrics:
-        from inferwatch.otlp_metrics import start_otlp_metrics
-
-        try:
-            pusher = start_otlp_metrics()  # the server's families live on the default registry
-        except ValueError as exc:  # a bad OTEL_* value
-            print(f"inferwatch serve: bad OTLP metrics configuration: {exc}", file=sys.stderr)
-            return 2
     try:
-        return _run_loop(
+        runtime.check_otlp_metrics(args.otlp_metrics)
+    except ValueError as exc:  # a bad OTEL_* value
+        print(f"inferwatch serve: bad OTLP metrics configuration: {exc}", file=sys.stderr)
+        return 2
+    # The server's families live on prometheus_client's default registry.
+    with runtime.otlp_metrics_push(None, args.otlp_metrics):
+        return runtime.run_loop(
             _serve(config, runners, args.host, args.port, args.shutdown_timeout, args.access_log)
         )
-    finally:
-        if pusher is not None:
-            pusher.close()  # a last push with the final counts
-
-
-def _run_loop(main: Any) -> int:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 async def _serve(

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 from prometheus_client.registry import Collector
 
-from inferwatch.sidecar.app import ERR_DRAINING, ERR_NOT_READY, json_error
 from inferwatch.sidecar.config import SidecarConfig
-from inferwatch.sidecar.merge import merged_metrics
+from inferwatch.sidecar.errors import json_error
+from inferwatch.sidecar.health import Readiness
+from inferwatch.sidecar.scrape import UpstreamScraper
 
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 
@@ -19,7 +19,7 @@ SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 def scrape_timeout(config: SidecarConfig, header: str | None) -> float:
     """The scraper's time budget (Prometheus sends it in a header), at most our setting.
 
-    merged_metrics keeps a margin of it for our own families.
+    UpstreamScraper keeps a margin of it for our own families.
     """
     timeout = config.scrape_timeout
     if header:
@@ -35,18 +35,16 @@ def scrape_timeout(config: SidecarConfig, header: str | None) -> float:
 def admin_app(
     config: SidecarConfig,
     collector: Collector,
-    session: aiohttp.ClientSession,
-    is_ready: Callable[[], tuple[bool, str]],
+    scraper: UpstreamScraper,
+    readiness: Readiness,
     wait_for_drain: Callable[[], Awaitable[None]],
 ) -> web.Application:
-    """``is_ready()`` answers (ready, why-not); ``wait_for_drain()`` drains and returns."""
-    upstream_metrics = config.metrics_url
+    """``scraper`` adds the upstream's /metrics to ours; ``wait_for_drain()`` drains and
+    returns."""
 
     async def metrics(request: web.Request) -> web.StreamResponse:
-        body, content_type = await merged_metrics(
+        body, content_type = await scraper.exposition(
             collector,
-            session,
-            upstream_metrics,
             request.headers.get("Accept", ""),
             scrape_timeout(config, request.headers.get(SCRAPE_TIMEOUT_HEADER)),
         )
@@ -56,12 +54,10 @@ def admin_app(
         return web.Response(text="ok\n")
 
     async def ready(request: web.Request) -> web.StreamResponse:
-        ok, why = is_ready()
-        if ok:
+        not_ready = readiness.why_not()
+        if not_ready is None:
             return web.Response(text="ready\n")
-        if why == ERR_DRAINING:
-            return json_error(503, "the sidecar is draining", ERR_DRAINING)
-        return json_error(503, "the upstream is not ready", ERR_NOT_READY)
+        return json_error(503, not_ready.message, not_ready.error)
 
     async def drain(request: web.Request) -> web.StreamResponse:
         await wait_for_drain()

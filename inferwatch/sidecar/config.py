@@ -82,6 +82,13 @@ class SidecarConfig:
         return 10 * self.max_concurrency
 
     @property
+    def ready_url(self) -> str | None:
+        """The upstream's readiness URL, or ``None`` when it is not checked."""
+        if not self.upstream_ready_path:
+            return None
+        return self.upstream.rstrip("/") + self.upstream_ready_path
+
+    @property
     def metrics_url(self) -> str | None:
         """The upstream's /metrics to merge into ours, or ``None``."""
         if self.upstream_metrics_url == "default":

@@ -14,9 +14,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import aiohttp
+
+from inferwatch.sidecar.config import SidecarConfig
+from inferwatch.sidecar.errors import ERR_DRAINING, ERR_NOT_READY
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,13 @@ class UpstreamHealth:
         self.checked = url is None
         self._task: asyncio.Task[None] | None = None
         self._set_gauge()
+
+    @classmethod
+    def of(
+        cls, config: SidecarConfig, session: aiohttp.ClientSession, gauge: Any = None
+    ) -> UpstreamHealth:
+        """The check a sidecar's configuration asks for."""
+        return cls(session, config.ready_url, config.ready_interval, config.ready_timeout, gauge)
 
     def _set_gauge(self) -> None:
         if self._gauge is not None:
@@ -77,6 +88,36 @@ class UpstreamHealth:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+class NotReady(NamedTuple):
+    """Why ``/ready`` fails: the JSON error's text and code."""
+
+    message: str
+    error: str
+
+
+DRAINING = NotReady("the sidecar is draining", ERR_DRAINING)
+UPSTREAM_NOT_READY = NotReady("the upstream is not ready", ERR_NOT_READY)
+
+
+class Readiness:
+    """The one readiness decision, read by the proxy port's and the admin port's ``/ready``
+    and by the worker supervisor: draining first, then the upstream's last answer."""
+
+    __slots__ = ("_draining", "health")
+
+    def __init__(self, health: UpstreamHealth, draining: Callable[[], bool]) -> None:
+        self.health = health
+        self._draining = draining
+
+    def why_not(self) -> NotReady | None:
+        """``None`` when ready."""
+        if self._draining():
+            return DRAINING
+        if not self.health.up:
+            return UPSTREAM_NOT_READY
+        return None
 
 
 class Drainer:

@@ -21,6 +21,8 @@ from aiohttp import ServerDisconnectedError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.streams import StreamReader
 
+from inferwatch.sidecar.errors import ConnectFailed
+
 # Headers a client's Connection header may not remove: the message's own framing and target.
 # (Naming Content-Length there would otherwise strip the length the body is framed with, and
 # the upstream would read the body as a request of its own.)
@@ -46,10 +48,6 @@ _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _HOST = b"host"
 WRITE_BUFFER_HIGH = 256 * 1024  # wait for the upstream to read before writing more body
-
-
-class ConnectFailed(Exception):
-    """The upstream could not be reached (refused, unreachable, connect timeout)."""
 
 
 class BadAnswer(Exception):

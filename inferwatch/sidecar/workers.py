@@ -24,17 +24,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from inferwatch import schema
+from inferwatch import runtime, schema
 from inferwatch.exposition import MULTIPROC_ENV
 from inferwatch.sidecar.admin import admin_app
-from inferwatch.sidecar.app import ERR_DRAINING, ERR_NOT_READY
 from inferwatch.sidecar.config import SidecarConfig, from_dict
-from inferwatch.sidecar.health import UpstreamHealth
-from inferwatch.sidecar.server import SHUTDOWN_GRACE, client_session
+from inferwatch.sidecar.health import Readiness, UpstreamHealth
+from inferwatch.sidecar.scrape import UpstreamScraper
 
 log = logging.getLogger("inferwatch.sidecar.workers")  # also when run as __main__
 
 WORKER_START_SECONDS = 5.0
+COMMAND = "inferwatch sidecar"
 
 
 class Supervisor:
@@ -82,13 +82,6 @@ class Supervisor:
             log.error("worker %d exited with %s; restarting", proc.pid, code)
             self.procs[index] = await self.spawn()
 
-    def is_ready(self, health: UpstreamHealth) -> tuple[bool, str]:
-        if self.draining:
-            return False, ERR_DRAINING
-        if not health.up:
-            return False, ERR_NOT_READY
-        return True, ""
-
     def begin_drain(self) -> asyncio.Task[None]:
         if self._drain_task is None:
             self.draining = True
@@ -107,20 +100,13 @@ class Supervisor:
 
     async def run(self) -> None:
         config = self.config
-        session = client_session(config)
-        ready_url = (
-            config.upstream.rstrip("/") + config.upstream_ready_path
-            if config.upstream_ready_path
-            else None
-        )
-        health = UpstreamHealth(
-            session, ready_url, config.ready_interval, config.ready_timeout, self.upstream_up
-        )
-        app = admin_app(
-            config, self.registry, session, lambda: self.is_ready(health), self.wait_for_drain
-        )
+        session = runtime.client_session(config.connect_timeout)
+        health = UpstreamHealth.of(config, session, self.upstream_up)
+        readiness = Readiness(health, lambda: self.draining)
+        scraper = UpstreamScraper(session, config.metrics_url)
+        app = admin_app(config, self.registry, scraper, readiness, self.wait_for_drain)
         runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+            app, handle_signals=False, access_log=None, shutdown_timeout=runtime.SHUTDOWN_GRACE
         )
         await runner.setup()
         try:
@@ -147,27 +133,20 @@ class Supervisor:
 
 
 def run_workers(config: SidecarConfig) -> int:
-    from inferwatch.otlp_metrics import start_otlp_metrics
-    from inferwatch.sidecar.cli import run_loop, start_gpu
-
+    """``inferwatch sidecar --workers N``: the supervisor, until the workers have drained."""
     multiproc_dir = tempfile.mkdtemp(prefix="inferwatch-sidecar-")
     try:
         supervisor = Supervisor(config, multiproc_dir)
         if config.gpu_metrics:
-            start_gpu(supervisor.registry, config.gpu_interval)
-        pusher = start_otlp_metrics(supervisor.registry) if config.otlp_metrics else None
-        try:
-            run_loop(supervisor.run())
-        finally:
-            if pusher is not None:
-                pusher.close()
+            runtime.start_gpu(supervisor.registry, config.gpu_interval, COMMAND)
+        with runtime.otlp_metrics_push(supervisor.registry, config.otlp_metrics):
+            runtime.run_loop(supervisor.run())
     except OSError as exc:
-        print(f"inferwatch sidecar: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return runtime.cannot_start(COMMAND, exc)
     finally:
         shutil.rmtree(multiproc_dir, ignore_errors=True)
     if supervisor.failed:
-        print(f"inferwatch sidecar: {supervisor.failed}", file=sys.stderr)
+        print(f"{COMMAND}: {supervisor.failed}", file=sys.stderr)
         return 1
     return 0
 
@@ -176,20 +155,19 @@ def _worker_main(raw_config: str, log_level: str) -> None:
     """One proxy process (started by the supervisor, with the multiprocess directory set)."""
     from prometheus_client import disable_created_metrics
 
-    from inferwatch.sidecar.cli import run_loop, start_tracing
-    from inferwatch.sidecar.server import Sidecar
+    from inferwatch.sidecar.process import Sidecar
 
     disable_created_metrics()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = from_dict(json.loads(raw_config))
-    start_tracing(config)
+    runtime.start_tracing(config.tracing, "inferwatch-sidecar")
 
     async def main() -> None:
         sidecar = Sidecar(config, CollectorRegistry(), admin=False, reuse_port=True)
         await sidecar.run()
 
     try:
-        run_loop(main())
+        runtime.run_loop(main())
     except OSError as exc:
         log.error("worker %d cannot start: %s", os.getpid(), exc)
         raise SystemExit(1) from None

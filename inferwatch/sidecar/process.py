@@ -1,7 +1,7 @@
-"""One sidecar process: the proxy server, the admin server, readiness and the drain.
+"""One sidecar process: the proxy port, the admin port, readiness and the drain.
 
-:class:`Sidecar` is what ``inferwatch sidecar`` runs (one per worker process) and what tests
-start in-process on ephemeral ports.
+:class:`Sidecar` is what ``inferwatch sidecar`` runs (one per worker process, see
+:mod:`~inferwatch.sidecar.workers`) and what tests start in-process on ephemeral ports.
 """
 
 from __future__ import annotations
@@ -13,40 +13,48 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.registry import Collector
 
-from inferwatch import schema
-from inferwatch.metrics import InferenceMetrics, inference_metrics
+from inferwatch import runtime, schema, tracing
+from inferwatch.metrics import BoundedLabel, InferenceMetrics, inference_metrics
 from inferwatch.sidecar.admin import admin_app
-from inferwatch.sidecar.app import ERR_DRAINING, ERR_NOT_READY, Proxy
 from inferwatch.sidecar.config import SidecarConfig
-from inferwatch.sidecar.health import Drainer, UpstreamHealth
-from inferwatch.sidecar.httpserver import ProxyServer
+from inferwatch.sidecar.exchange import Exchanges
+from inferwatch.sidecar.health import Drainer, Readiness, UpstreamHealth
+from inferwatch.sidecar.http1 import HTTP1Server
+from inferwatch.sidecar.proxy import ProxyHandler
+from inferwatch.sidecar.scrape import UpstreamScraper
 
 log = logging.getLogger(__name__)
 
-# Seconds a stopping server gives a handler still writing (the drain already waited for them).
-SHUTDOWN_GRACE = 5.0
-
-
-def client_session(config: SidecarConfig) -> aiohttp.ClientSession:
-    """The client for readiness checks and the upstream's /metrics (proxied requests go
-    through :class:`~inferwatch.sidecar.upstream.UpstreamPool`): no cookies, no proxies
-    from the environment, bodies as they come."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        trust_env=False,
-        timeout=aiohttp.ClientTimeout(total=None, connect=config.connect_timeout),
-    )
+COMMAND = "inferwatch sidecar"
 
 
 def _bound_port(runner: web.BaseRunner) -> int:
     address = runner.addresses[0]
     return int(address[1])
+
+
+def proxy_handler(
+    config: SidecarConfig, metrics: InferenceMetrics, drainer: Drainer, readiness: Readiness
+) -> ProxyHandler:
+    """The proxy port's handler, traced or not: chosen once, so with tracing off the request
+    path is exactly the untraced one."""
+    handler_class: type[ProxyHandler] = ProxyHandler
+    exchanges_class: type[Exchanges] = Exchanges
+    if tracing.enabled:
+        from inferwatch.sidecar.traced import TracedExchanges, TracedProxyHandler
+
+        handler_class, exchanges_class = TracedProxyHandler, TracedExchanges
+    exchanges = exchanges_class(
+        metrics,
+        schema.SOURCE_SIDECAR,
+        config.default_model,
+        BoundedLabel(config.max_models, set(config.allow_models)),
+        BoundedLabel(config.max_versions),
+    )
+    return handler_class(config, exchanges, drainer, readiness)
 
 
 class Sidecar:
@@ -71,37 +79,34 @@ class Sidecar:
         self.proxy_port = 0
         self.admin_port = 0
         self.session: aiohttp.ClientSession | None = None
+        self.scraper: UpstreamScraper | None = None
         self.drainer: Drainer | None = None
         self.health: UpstreamHealth | None = None
-        self.proxy: Proxy | None = None
+        self.readiness: Readiness | None = None
+        self.proxy: ProxyHandler | None = None
         self._runners: list[web.BaseRunner] = []
-        self._proxy_server: ProxyServer | None = None
+        self._proxy_server: HTTP1Server | None = None
 
     async def start(self) -> None:
         config = self.config
-        self.session = client_session(config)
-        ready_url = (
-            config.upstream.rstrip("/") + config.upstream_ready_path
-            if config.upstream_ready_path
-            else None
-        )
-        self.health = UpstreamHealth(
-            self.session, ready_url, config.ready_interval, config.ready_timeout, self._upstream_up
-        )
-        self.drainer = Drainer(config.drain_quiet_period, config.drain_timeout)
-        self.proxy = Proxy(config, self.metrics, self.drainer, self.health)
+        self.session = runtime.client_session(config.connect_timeout)
+        self.health = UpstreamHealth.of(config, self.session, self._upstream_up)
+        self.drainer = drainer = Drainer(config.drain_quiet_period, config.drain_timeout)
+        self.readiness = Readiness(self.health, lambda: drainer.draining)
+        self.proxy = proxy_handler(config, self.metrics, drainer, self.readiness)
         await self.health.check()
         self.health.start()
 
-        self._proxy_server = ProxyServer(self.proxy)
+        self._proxy_server = HTTP1Server(self.proxy)
         self.proxy_port = await self._proxy_server.listen(
             config.listen.bind_host, config.listen.port, self._reuse_port
         )
 
         if self._serve_admin:
-            app = admin_app(config, self._collector, self.session, self.is_ready, self.drainer.wait)
+            self.scraper = UpstreamScraper(self.session, config.metrics_url)
+            app = admin_app(config, self._collector, self.scraper, self.readiness, drainer.wait)
             admin_runner = web.AppRunner(
-                app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+                app, handle_signals=False, access_log=None, shutdown_timeout=runtime.SHUTDOWN_GRACE
             )
             await admin_runner.setup()
             self._runners.append(admin_runner)
@@ -116,14 +121,6 @@ class Sidecar:
             f", admin on {config.admin}" if self._serve_admin else "",
         )
 
-    def is_ready(self) -> tuple[bool, str]:
-        assert self.drainer is not None and self.health is not None
-        if self.drainer.draining:
-            return False, ERR_DRAINING
-        if not self.health.up:
-            return False, ERR_NOT_READY
-        return True, ""
-
     async def drain(self) -> None:
         """The whole drain: readiness fails, quiet period, in-flight requests finish."""
         assert self.drainer is not None
@@ -131,7 +128,7 @@ class Sidecar:
 
     async def stop(self) -> None:
         if self._proxy_server is not None:
-            await self._proxy_server.close(SHUTDOWN_GRACE)
+            await self._proxy_server.close(runtime.SHUTDOWN_GRACE)
             self._proxy_server = None
         for runner in reversed(self._runners):
             await runner.cleanup()
@@ -165,3 +162,21 @@ class Sidecar:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+def run_sidecar(config: SidecarConfig) -> int:
+    """``inferwatch sidecar`` as one process, its metrics on prometheus_client's registry."""
+    runtime.start_tracing(config.tracing, "inferwatch-sidecar")
+
+    async def main() -> None:
+        sidecar = Sidecar(config, REGISTRY)
+        if config.gpu_metrics:
+            runtime.start_gpu(sidecar.registry, config.gpu_interval, COMMAND)
+        await sidecar.run()
+
+    try:
+        with runtime.otlp_metrics_push(REGISTRY, config.otlp_metrics):
+            runtime.run_loop(main())
+    except OSError as exc:
+        return runtime.cannot_start(COMMAND, exc)
+    return 0

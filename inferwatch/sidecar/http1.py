@@ -84,7 +84,7 @@ Handler = Callable[[Request], Awaitable[None]]
 class Connection(BaseProtocol):
     """One client connection: requests are handled one after another, in order."""
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: HTTP1Server) -> None:
         loop = server.loop
         parser = HttpRequestParser(
             self,
@@ -389,7 +389,7 @@ class Connection(BaseProtocol):
         self._close()
 
 
-class ProxyServer:
+class HTTP1Server:
     """Listens, tracks connections, closes gracefully."""
 
     def __init__(self, handler: Handler) -> None:
