@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install
 from support.metrics import samples
+from support.polling import poll
 from support.ports import LOOPBACK
 from support.prometheus import promtool_check_metrics
 from support.sidecar import metric, running_sidecar
@@ -25,14 +26,6 @@ JSON = {"Content-Type": "application/json"}
 async def get(session: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, str, str]:
     async with session.get(url, **kw) as resp:  # type: ignore[arg-type]
         return resp.status, resp.headers.get("Content-Type", ""), await resp.text()
-
-
-async def poll(condition, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_health_and_ready_on_both_ports_follow_the_upstream() -> None:

@@ -6,31 +6,15 @@ import asyncio
 import json
 import os
 import signal
-import sys
 
 import aiohttp
-from support.ports import LOOPBACK, free_port
-from support.sidecar import running_sidecar
+from support.http import status_of
+from support.polling import poll
+from support.ports import LOOPBACK
+from support.sidecar import running_sidecar, sidecar_process
 from support.upstreams import running_upstream, v2_body
 
 JSON = {"Content-Type": "application/json"}
-
-
-async def poll(condition, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def status_of(session: aiohttp.ClientSession, url: str) -> int:
-    try:
-        async with session.get(url) as resp:
-            await resp.read()
-            return resp.status
-    except aiohttp.ClientError:
-        return -1
 
 
 async def test_wait_for_drain_returns_once_in_flight_requests_are_done() -> None:
@@ -51,7 +35,7 @@ async def test_wait_for_drain_returns_once_in_flight_requests_are_done() -> None
             async def reached() -> bool:
                 return up.started == 1
 
-            await poll(reached, "the request to reach the upstream")
+            await poll(reached, "the request to reach the upstream", timeout=20.0)
 
             async def drain() -> tuple[int, object]:
                 async with session.get(admin + "/wait-for-drain") as resp:
@@ -62,7 +46,7 @@ async def test_wait_for_drain_returns_once_in_flight_requests_are_done() -> None
             async def not_ready() -> bool:
                 return await status_of(session, proxy + "/ready") == 503
 
-            await poll(not_ready, "readiness to fail")
+            await poll(not_ready, "readiness to fail", timeout=20.0)
             async with session.get(admin + "/ready") as resp:
                 assert resp.status == 503
                 assert await resp.json() == {
@@ -87,71 +71,50 @@ SIDECAR_UNDER_LOAD_SECONDS = 0.15  # each request's time in the model
 
 async def test_sigterm_under_load_drops_no_request() -> None:
     """A real ``inferwatch sidecar`` process gets SIGTERM while requests are in flight."""
-    async with running_upstream() as up:
-        port, admin_port = free_port(), free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "inferwatch",
-            "--log-level",
-            "WARNING",
-            "sidecar",
-            "--upstream",
+    async with (
+        running_upstream() as up,
+        sidecar_process(
             up.url,
-            "--listen",
-            f"{LOOPBACK}:{port}",
-            "--admin",
-            f"{LOOPBACK}:{admin_port}",
-            "--drain-quiet-period",
-            "0.3",
-            "--ready-interval",
-            "0.1",
+            *("--drain-quiet-period", "0.3", "--ready-interval", "0.1"),
             env={**os.environ, "INFERWATCH_SIDECAR_UPSTREAM_TIMEOUT": "30"},
-        )
-        proxy = f"http://{LOOPBACK}:{port}"
-        admin = f"http://{LOOPBACK}:{admin_port}"
+        ) as sidecar,
+    ):
+        proxy, admin = sidecar.proxy_url, sidecar.admin_url
         results: list[int] = []
         stop = asyncio.Event()
-        try:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
-                async def ready() -> bool:
-                    return await status_of(session, admin + "/ready") == 200
+            async def ready() -> bool:
+                return await status_of(session, admin + "/ready") == 200
 
-                await poll(ready, "the sidecar to be ready")
+            await poll(ready, "the sidecar to be ready", timeout=20.0)
 
-                async def client() -> None:
-                    # Like a load balancer's client: new requests stop once readiness fails.
-                    while not stop.is_set():
-                        target = (
-                            f"{proxy}/v2/models/resnet/infer?sleep={SIDECAR_UNDER_LOAD_SECONDS}"
-                        )
-                        async with session.post(target, data=v2_body(1), headers=JSON) as resp:
-                            body = await resp.read()
-                            results.append(resp.status)
-                            assert json.loads(body)["model_name"] == "resnet"
+            async def client() -> None:
+                # Like a load balancer's client: new requests stop once readiness fails.
+                while not stop.is_set():
+                    target = f"{proxy}/v2/models/resnet/infer?sleep={SIDECAR_UNDER_LOAD_SECONDS}"
+                    async with session.post(target, data=v2_body(1), headers=JSON) as resp:
+                        body = await resp.read()
+                        results.append(resp.status)
+                        assert json.loads(body)["model_name"] == "resnet"
 
-                clients = [asyncio.create_task(client()) for _ in range(30)]
+            clients = [asyncio.create_task(client()) for _ in range(30)]
 
-                async def busy() -> bool:
-                    # Requests done, and others at the model right now.
-                    return len(results) >= 60 and up.started > len(results)
+            async def busy() -> bool:
+                # Requests done, and others at the model right now.
+                return len(results) >= 60 and up.started > len(results)
 
-                await poll(busy, "load to build up")
-                proc.send_signal(signal.SIGTERM)
-                in_flight_at_signal = up.started - len(results)
+            await poll(busy, "load to build up", timeout=20.0)
+            sidecar.process.send_signal(signal.SIGTERM)
+            in_flight_at_signal = up.started - len(results)
 
-                async def draining() -> bool:
-                    return await status_of(session, admin + "/ready") in (503, -1)
+            async def draining() -> bool:
+                return await status_of(session, admin + "/ready") in (503, -1)
 
-                await poll(draining, "readiness to fail after SIGTERM")
-                stop.set()
-                await asyncio.gather(*clients)  # raises if any request failed
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await poll(draining, "readiness to fail after SIGTERM", timeout=20.0)
+            stop.set()
+            await asyncio.gather(*clients)  # raises if any request failed
+        assert await asyncio.wait_for(sidecar.process.wait(), 30) == 0
     assert in_flight_at_signal > 0
     assert len(results) == up.requests
     assert results == [200] * len(results)

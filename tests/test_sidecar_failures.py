@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import aiohttp
+from support.polling import poll
 from support.ports import LOOPBACK, free_port
 from support.sidecar import metric, running_sidecar
 from support.upstreams import running_upstream, v2_body
@@ -35,14 +36,6 @@ def assert_only_failure(sc: Sidecar, reason: str, count: int = 1) -> None:
     assert metric(sc, "model_inference_total", status="error", **M) == count
     assert metric(sc, "model_active_requests", model_name="resnet") == 0
     assert metric(sc, "model_inference_queue_length", model_name="resnet") == 0
-
-
-async def poll(condition, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def post(session: aiohttp.ClientSession, target: str) -> tuple[int, dict, bytes]:

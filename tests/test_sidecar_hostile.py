@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from support.polling import poll
 from support.ports import LOOPBACK
 from support.sidecar import metric, running_sidecar
 
@@ -215,15 +216,6 @@ async def proxy_to(
         running_sidecar(up.url, upstream_ready_path="", **overrides) as sc,
     ):
         yield up, sc
-
-
-async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Poll until ``condition`` holds (fails after ``timeout`` seconds)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 async def exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
@@ -714,7 +706,7 @@ async def test_client_stalling_in_its_body_is_cut_off(monkeypatch: pytest.Monkey
         assert received is not None, "the stalled upload was never cut off"
         assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
         assert json.loads(received.partition(b"\r\n\r\n")[2])["reason"] == "request_timeout"
-        await until(lambda: sc.drainer is not None and sc.drainer.in_flight == 0)
+        await poll(lambda: sc.drainer is not None and sc.drainer.in_flight == 0, timeout=3.0)
         assert up.raw == []
 
 
@@ -735,9 +727,9 @@ async def test_client_leaving_mid_upload_never_completes_the_upstream_request(
     async with proxy_to(gated) as (up, sc):
         _, writer = await asyncio.open_connection(LOOPBACK, sc.proxy_port)
         writer.write(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: m\r\n" + head + start)
-        await until(lambda: len(up.raw) == 1 and len(up.raw[0]) > 64 * 1024)
+        await poll(lambda: len(up.raw) == 1 and len(up.raw[0]) > 64 * 1024, timeout=3.0)
         writer.close()
-        await until(lambda: up.eofs == 1 and active(sc) == 0)
+        await poll(lambda: up.eofs == 1 and active(sc) == 0, timeout=3.0)
         sent = bytes(up.raw[0])
         body = sent.partition(b"\r\n\r\n")[2]
         assert up.requests == []  # the strict reader never completed a request
@@ -756,10 +748,10 @@ async def test_pipelined_requests_then_close_leave_nothing_behind() -> None:
         assert sc.drainer is not None
         _, writer = await asyncio.open_connection(LOOPBACK, sc.proxy_port)
         writer.write(infer() * 3)
-        await until(lambda: len(up.requests) == 1)
+        await poll(lambda: len(up.requests) == 1, timeout=3.0)
         writer.close()
-        await until(lambda: up.eofs == 1 and active(sc) == 0)
-        await until(lambda: sc.drainer is not None and sc.drainer.in_flight == 0)
+        await poll(lambda: up.eofs == 1 and active(sc) == 0, timeout=3.0)
+        await poll(lambda: sc.drainer is not None and sc.drainer.in_flight == 0, timeout=3.0)
         assert up.targets == [INFER]  # the queued two were never sent
         assert failures(sc, "cancelled") == 1
         assert metric(sc, "model_inference_total", status="error", **LABELS) == 1
@@ -944,7 +936,7 @@ async def test_endless_answer_abandoned_by_the_client_is_stopped_upstream() -> N
         while len(got) < 200_000:
             got += await asyncio.wait_for(reader.read(65536), 3)
         writer.close()
-        await until(lambda: up.eofs == 1 and active(sc) == 0)
+        await poll(lambda: up.eofs == 1 and active(sc) == 0, timeout=3.0)
         assert got.startswith(b"HTTP/1.1 200 OK\r\n")
         assert failures(sc, "cancelled") == 1
         assert metric(sc, "model_inference_total", status="success", **LABELS) == 0

@@ -6,12 +6,14 @@ import asyncio
 import os
 import signal
 import socket
-import sys
 
 import aiohttp
 import pytest
 from support.metrics import samples
+from support.polling import poll
 from support.ports import LOOPBACK, free_port
+from support.processes import inferwatch_command
+from support.sidecar import sidecar_process
 from support.upstreams import running_upstream, v2_body
 
 JSON = {"Content-Type": "application/json"}
@@ -24,79 +26,52 @@ def children(pid: int) -> list[int]:
 
 
 async def test_two_workers_share_the_port_and_metrics_add_up() -> None:
-    async with running_upstream() as up:
-        port, admin_port = free_port(), free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "inferwatch",
-            "--log-level",
-            "WARNING",
-            "sidecar",
-            "--upstream",
+    async with (
+        running_upstream() as up,
+        sidecar_process(
             up.url,
-            "--listen",
-            f"{LOOPBACK}:{port}",
-            "--admin",
-            f"{LOOPBACK}:{admin_port}",
-            "--workers",
-            "2",
-            "--drain-quiet-period",
-            "0",
-            "--ready-interval",
-            "0.1",
+            *("--workers", "2", "--drain-quiet-period", "0", "--ready-interval", "0.1"),
             env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
-        )
-        try:
-            deadline = asyncio.get_running_loop().time() + 30
-            async with aiohttp.ClientSession() as session:
-                while True:  # both workers up: the proxy port answers and two children run
-                    try:
-                        async with session.get(f"http://{LOOPBACK}:{port}/ready") as resp:
-                            if resp.status == 200 and len(children(proc.pid)) == 2:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    assert asyncio.get_running_loop().time() < deadline, "workers did not start"
-                    await asyncio.sleep(0.05)
-            for i in range(REQUESTS):
-                # A fresh connection each time, so the kernel spreads them over the workers.
-                async with (
-                    aiohttp.ClientSession() as session,
-                    session.post(
-                        f"http://{LOOPBACK}:{port}/v2/models/m{i % 2}/infer?status={200 + i % 2}",
-                        data=v2_body(2),
-                        headers=JSON,
-                    ) as resp,
-                ):
-                    assert resp.status == 200 + i % 2
-                    await resp.read()
+            ready_timeout=30,
+        ) as sidecar,
+    ):
+        proc, port, admin_port = sidecar.process, sidecar.port, sidecar.admin_port
+        # Both workers up: the proxy port answered /ready, and two children run.
+        await poll(lambda: len(children(proc.pid)) == 2, "two workers", timeout=30)
+        for i in range(REQUESTS):
+            # A fresh connection each time, so the kernel spreads them over the workers.
             async with (
                 aiohttp.ClientSession() as session,
-                session.get(f"http://{LOOPBACK}:{admin_port}/metrics") as resp,
+                session.post(
+                    f"http://{LOOPBACK}:{port}/v2/models/m{i % 2}/infer?status={200 + i % 2}",
+                    data=v2_body(2),
+                    headers=JSON,
+                ) as resp,
             ):
-                text = await resp.text()
-            values = samples(text)
+                assert resp.status == 200 + i % 2
+                await resp.read()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{LOOPBACK}:{admin_port}/metrics") as resp,
+        ):
+            text = await resp.text()
+        values = samples(text)
 
-            def value(name: str, **labels: str) -> float | None:
-                return values.get((name, frozenset({"source": "sidecar", **labels}.items())))
+        def value(name: str, **labels: str) -> float | None:
+            return values.get((name, frozenset({"source": "sidecar", **labels}.items())))
 
-            for model in ("m0", "m1"):
-                labels = {"model_name": model, "model_version": ""}
-                assert value("model_inference_total", status="success", **labels) == REQUESTS / 2
-                assert value("model_inference_duration_seconds_count", **labels) == REQUESTS / 2
-                assert value("model_batch_size_sum", model_name=model) == REQUESTS
-                assert value("model_active_requests", model_name=model) == 0
-            assert values[("inferwatch_upstream_up", frozenset())] == 1
-            # Each worker wrote its own file: the numbers above are a sum over processes.
-            assert len(children(proc.pid)) == 2
+        for model in ("m0", "m1"):
+            labels = {"model_name": model, "model_version": ""}
+            assert value("model_inference_total", status="success", **labels) == REQUESTS / 2
+            assert value("model_inference_duration_seconds_count", **labels) == REQUESTS / 2
+            assert value("model_batch_size_sum", model_name=model) == REQUESTS
+            assert value("model_active_requests", model_name=model) == 0
+        assert values[("inferwatch_upstream_up", frozenset())] == 1
+        # Each worker wrote its own file: the numbers above are a sum over processes.
+        assert len(children(proc.pid)) == 2
 
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -105,23 +80,12 @@ async def test_a_taken_port_stops_start_up_with_a_message(workers: str) -> None:
         taken.bind((LOOPBACK, 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "inferwatch",
-            "--log-level",
-            "ERROR",
-            "sidecar",
-            "--upstream",
-            f"http://{LOOPBACK}:{free_port()}",
-            "--listen",
-            f"{LOOPBACK}:{port}",
-            "--admin",
-            f"{LOOPBACK}:{free_port()}",
-            "--workers",
-            workers,
-            stderr=asyncio.subprocess.PIPE,
+        command = inferwatch_command(
+            *("--log-level", "ERROR", "sidecar", "--upstream", f"http://{LOOPBACK}:{free_port()}"),
+            *("--listen", f"{LOOPBACK}:{port}", "--admin", f"{LOOPBACK}:{free_port()}"),
+            *("--workers", workers),
         )
+        proc = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE)
         _, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
     message = stderr.decode().strip().splitlines()[-1]
