@@ -17,7 +17,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import free_port, promtool_check_metrics
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import (
@@ -33,7 +32,9 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
-from sidecar_support import own_registry
+from support.ports import free_port
+from support.prometheus import promtool_check_metrics
+from support.sidecar import own_registry
 
 from inferwatch import schema
 from inferwatch.metrics import InferenceMetrics
