@@ -37,16 +37,18 @@ from support.prometheus import promtool_check_metrics
 from support.sidecar import own_registry
 
 from inferwatch import schema
-from inferwatch.metrics import InferenceMetrics
-from inferwatch.sidecar import merge
-from inferwatch.sidecar.merge import (
+from inferwatch.exposition.families import families_of
+from inferwatch.exposition.parse import InvalidExposition, parse_exposition
+from inferwatch.exposition.render import (
     CONTENT_TYPE_OPENMETRICS,
     CONTENT_TYPE_TEXT,
-    InvalidExposition,
-    merged_metrics,
-    parse_exposition,
-    scrape_errors,
+    render_openmetrics,
+    render_text,
+    wants_openmetrics,
 )
+from inferwatch.metrics import InferenceMetrics
+from inferwatch.sidecar import scrape as scraping
+from inferwatch.sidecar.scrape import UpstreamScraper
 
 TEXT_ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 # What Prometheus 2.x sends by default.
@@ -172,14 +174,30 @@ def negotiating(registry: CollectorRegistry) -> web.Application:
     return app
 
 
+@asynccontextmanager
+async def upstream_scraper(url: str | None) -> AsyncIterator[UpstreamScraper]:
+    async with aiohttp.ClientSession() as session:
+        yield UpstreamScraper(session, url)
+
+
 async def scrape(
     registry: CollectorRegistry,
     url: str | None,
     accept: str = TEXT_ACCEPT,
     timeout: float | None = 5.0,
 ) -> tuple[str, str]:
-    async with aiohttp.ClientSession() as session:
-        body, content_type = await merged_metrics(registry, session, url, accept, timeout)
+    """One scrape, by a scraper of its own."""
+    async with upstream_scraper(url) as scraper:
+        return await scrape_with(scraper, registry, accept, timeout)
+
+
+async def scrape_with(
+    scraper: UpstreamScraper,
+    registry: CollectorRegistry,
+    accept: str = TEXT_ACCEPT,
+    timeout: float | None = 5.0,
+) -> tuple[str, str]:
+    body, content_type = await scraper.exposition(registry, accept, timeout)
     return body.decode(), content_type
 
 
@@ -481,13 +499,14 @@ async def expect_failure(app: web.Application | None, reason: str, timeout: floa
     if app is None:  # nothing listens: bind a port, then close it
         async with serve(web.Application()) as url:
             pass
-        text, _ = await scrape(registry, url + "/metrics", timeout=timeout)
-        counts = scrape_errors(url + "/metrics")
+        async with upstream_scraper(url + "/metrics") as scraper:
+            text, _ = await scrape_with(scraper, registry, timeout=timeout)
+        counts = scraper.errors
     else:
-        async with serve(app) as url:
-            text, _ = await scrape(registry, url + "/metrics", timeout=timeout)
-            text2, _ = await scrape(registry, url + "/metrics", timeout=timeout)
-            counts = scrape_errors(url + "/metrics")
+        async with serve(app) as url, upstream_scraper(url + "/metrics") as scraper:
+            text, _ = await scrape_with(scraper, registry, timeout=timeout)
+            text2, _ = await scrape_with(scraper, registry, timeout=timeout)
+            counts = scraper.errors
             assert counts[reason] == 2
             text = text2
     assert counts == {r: (counts[reason] if r == reason else 0) for r in counts}
@@ -532,12 +551,12 @@ async def test_upstream_slower_than_the_scrape_timeout() -> None:
 
 
 async def test_upstream_larger_than_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(merge, "MAX_UPSTREAM_BYTES", 1000)
+    monkeypatch.setattr(scraping, "MAX_UPSTREAM_BYTES", 1000)
     await expect_failure(fixed(b"x 1\n" * 300), schema.SCRAPE_TOO_LARGE)
 
 
 async def test_gzip_bomb_is_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(merge, "MAX_UPSTREAM_BYTES", 10_000)
+    monkeypatch.setattr(scraping, "MAX_UPSTREAM_BYTES", 10_000)
     bomb = gzip.compress(b"x 1\n" * 100_000)  # 400 kB from about 1 kB
     assert len(bomb) < 10_000
     await expect_failure(fixed(bomb, headers={"Content-Encoding": "gzip"}), "too_large")
@@ -545,9 +564,9 @@ async def test_gzip_bomb_is_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_gzip_from_the_upstream_is_decoded() -> None:
     app = fixed(gzip.compress(TRITON.encode()), headers={"Content-Encoding": "gzip"})
-    async with serve(app) as url:
-        text, _ = await scrape(own_registry(), url + "/metrics")
-        assert scrape_errors(url + "/metrics")[schema.SCRAPE_INVALID] == 0
+    async with serve(app) as url, upstream_scraper(url + "/metrics") as scraper:
+        text, _ = await scrape_with(scraper, own_registry())
+        assert scraper.errors[schema.SCRAPE_INVALID] == 0
     assert {k: v for k, v in series(text).items() if k[0].startswith("nv_")} == series(TRITON)
 
 
@@ -559,10 +578,10 @@ async def test_the_upstream_is_asked_for_the_text_format() -> None:
 
 
 def test_the_upstream_gets_the_scrape_timeout_less_a_margin() -> None:
-    assert merge._fetch_timeout(10.0) == 9.5
-    assert merge._fetch_timeout(1.0) == 0.75
-    assert merge._fetch_timeout(None) == merge.DEFAULT_SCRAPE_TIMEOUT - 0.5
-    assert merge._fetch_timeout(0) == merge.DEFAULT_SCRAPE_TIMEOUT - 0.5
+    assert scraping._fetch_timeout(10.0) == 9.5
+    assert scraping._fetch_timeout(1.0) == 0.75
+    assert scraping._fetch_timeout(None) == scraping.DEFAULT_SCRAPE_TIMEOUT - 0.5
+    assert scraping._fetch_timeout(0) == scraping.DEFAULT_SCRAPE_TIMEOUT - 0.5
 
 
 @pytest.mark.parametrize(
@@ -579,7 +598,7 @@ def test_the_upstream_gets_the_scrape_timeout_less_a_margin() -> None:
     ],
 )
 def test_accept_negotiation(accept: str, openmetrics: bool) -> None:
-    assert merge.wants_openmetrics(accept) is openmetrics
+    assert wants_openmetrics(accept) is openmetrics
 
 
 # --- the parser ---------------------------------------------------------------------------------
@@ -619,7 +638,7 @@ def test_text_parser_reads_escapes_timestamps_and_special_values() -> None:
     assert first.labels == (("path", "C:\\x"), ("q", 'say "hi"'), ("n", "a\nb"))
     assert (first.value, first.timestamp) == (float("inf"), 1700000000.123)
     assert second.value != second.value  # NaN
-    rendered = merge.render_text([family]).decode()
+    rendered = render_text([family]).decode()
     assert rendered == (
         "# HELP m A help with a \\\\ backslash\\nand a newline.\n# TYPE m gauge\n"
         'm{path="C:\\\\x",q="say \\"hi\\"",n="a\\nb"} +Inf 1700000000123\n'
@@ -636,7 +655,7 @@ def test_parser_fuzz_raises_only_invalid_exposition(text: str) -> None:
         except InvalidExposition:
             continue
         # what parses renders to something that parses to the same samples
-        again = parse_exposition(merge.render_text(families).decode(), False)
+        again = parse_exposition(render_text(families).decode(), False)
         assert sum(len(f.samples) for f in again) == sum(len(f.samples) for f in families)
 
 
@@ -656,11 +675,11 @@ def test_rendering_our_own_families_is_byte_identical_to_client_python() -> None
     Gauge("odd", 'Help with \\ and \n and "quotes".', ["k"], registry=registry).labels(
         'v"\\\n'
     ).set(-3.5e-7)
-    families = merge.families_of(registry)
-    assert merge.render_text(families) == generate_latest(registry)
-    assert merge.render_openmetrics(families) == om_exposition.generate_latest(registry)
+    families = families_of(registry)
+    assert render_text(families) == generate_latest(registry)
+    assert render_openmetrics(families) == om_exposition.generate_latest(registry)
     # and what we render, we read back to the same samples
-    text = merge.render_text(families).decode()
+    text = render_text(families).decode()
     assert series(text) == series(generate_latest(registry).decode())
 
 
@@ -677,10 +696,8 @@ async def test_prometheus_ingests_the_merged_openmetrics(tmp_path: Path) -> None
 
     async def admin_metrics(request: web.Request) -> web.Response:
         accepts.append(request.headers.get("Accept", ""))
-        body, content_type = await merged_metrics(
+        body, content_type = await scraper.exposition(
             registry,
-            session,
-            upstream_url,
             request.headers.get("Accept", ""),
             float(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds", "5")),
         )
@@ -694,7 +711,7 @@ async def test_prometheus_ingests_the_merged_openmetrics(tmp_path: Path) -> None
         serve(fixed(upstream_text.encode())) as upstream,
         serve(admin) as admin_url,
     ):
-        upstream_url = upstream + "/metrics"
+        scraper = UpstreamScraper(session, upstream + "/metrics")
         target = admin_url.removeprefix("http://")
         config = (
             "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
@@ -743,7 +760,7 @@ async def test_prometheus_ingests_the_merged_openmetrics(tmp_path: Path) -> None
             }
             for expr, value in values.items():
                 assert list((await query(expr)).values()) == [value], expr
-            merged, _ = await scrape(registry, upstream_url, PROMETHEUS_ACCEPT)
+            merged, _ = await scrape_with(scraper, registry, PROMETHEUS_ACCEPT)
             samples = sum(len(f.samples) for f in om_parse(merged))
             scraped = await query('scrape_samples_scraped{job="pod"}')
             assert list(scraped.values()) == [float(samples)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -26,8 +25,9 @@ from support.ports import LOOPBACK
 from support.sidecar import own_registry, running_sidecar
 
 from inferwatch import schema
-from inferwatch.sidecar import merge
-from inferwatch.sidecar.merge import CONTENT_TYPE_OPENMETRICS, merged_metrics, scrape_errors
+from inferwatch.exposition.render import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT
+from inferwatch.sidecar import scrape as scraping
+from inferwatch.sidecar.scrape import UpstreamScraper
 
 TEXT_ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 OM_ACCEPT = (
@@ -42,9 +42,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @asynccontextmanager
-async def upstream(handler: Handler) -> AsyncIterator[str]:
-    """``handler`` as an upstream's /metrics on an ephemeral port; yields a URL of its own
-    (merge.py keeps its error counts per URL, and ports get reused)."""
+async def upstream(handler: Handler) -> AsyncIterator[UpstreamScraper]:
+    """``handler`` as an upstream's /metrics on an ephemeral port; yields a scraper of it."""
     app = web.Application()
     app.router.add_get("/metrics", handler)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2, handler_cancellation=True)
@@ -52,7 +51,8 @@ async def upstream(handler: Handler) -> AsyncIterator[str]:
     site = web.TCPSite(runner, LOOPBACK, 0)
     await site.start()
     try:
-        yield f"http://{LOOPBACK}:{runner.addresses[0][1]}/metrics?case={uuid.uuid4().hex}"
+        async with aiohttp.ClientSession() as session:
+            yield UpstreamScraper(session, f"http://{LOOPBACK}:{runner.addresses[0][1]}/metrics")
     finally:
         await runner.cleanup()
 
@@ -67,7 +67,7 @@ def answering(body: bytes, content_type: str = TEXT_TYPE, **headers: str) -> Han
 
 
 @asynccontextmanager
-async def raw_upstream(response: bytes) -> AsyncIterator[str]:
+async def raw_upstream(response: bytes) -> AsyncIterator[UpstreamScraper]:
     """A TCP server that reads one request and writes ``response`` verbatim, then closes."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -81,30 +81,28 @@ async def raw_upstream(response: bytes) -> AsyncIterator[str]:
     server = await asyncio.start_server(handle, LOOPBACK, 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield f"http://{LOOPBACK}:{port}/metrics?case={uuid.uuid4().hex}"
+        async with aiohttp.ClientSession() as session:
+            yield UpstreamScraper(session, f"http://{LOOPBACK}:{port}/metrics")
     finally:
         server.close()
         await server.wait_closed()
 
 
 async def scrape(
-    url: str,
+    scraper: UpstreamScraper,
     accept: str = TEXT_ACCEPT,
     timeout: float = 3.0,
     registry: CollectorRegistry | None = None,
 ) -> str:
     registry = registry or own_registry()
-    async with aiohttp.ClientSession() as session:
-        body, content_type = await merged_metrics(registry, session, url, accept, timeout)
-    assert content_type == (
-        CONTENT_TYPE_OPENMETRICS if accept == OM_ACCEPT else merge.CONTENT_TYPE_TEXT
-    )
+    body, content_type = await scraper.exposition(registry, accept, timeout)
+    assert content_type == (CONTENT_TYPE_OPENMETRICS if accept == OM_ACCEPT else CONTENT_TYPE_TEXT)
     return body.decode()
 
 
-def errors(url: str) -> dict[str, int]:
-    """Non-zero scrape error counts of ``url``."""
-    return {reason: n for reason, n in scrape_errors(url).items() if n}
+def errors(scraper: UpstreamScraper) -> dict[str, int]:
+    """Non-zero scrape error counts of ``scraper``."""
+    return {reason: n for reason, n in scraper.errors.items() if n}
 
 
 def promtool_status(promtool: str, text: str) -> tuple[int, str]:
@@ -178,9 +176,9 @@ BOTH = pytest.mark.parametrize("accept", [TEXT_ACCEPT, OM_ACCEPT], ids=["text", 
 async def test_garbage_is_left_out_counted_and_ours_served(
     promtool: str, body: bytes, content_type: str, accept: str
 ) -> None:
-    async with upstream(answering(body, content_type)) as url:
-        text = await scrape(url, accept)
-        assert errors(url) == {schema.SCRAPE_INVALID: 1}
+    async with upstream(answering(body, content_type)) as scraper:
+        text = await scrape(scraper, accept)
+        assert errors(scraper) == {schema.SCRAPE_INVALID: 1}
     assert_ours_served(text)
     assert 'inferwatch_upstream_scrape_errors_total{reason="invalid"} 1.0\n' in text
     assert_parseable(promtool, text, accept)
@@ -194,9 +192,9 @@ async def test_a_text_content_type_over_openmetrics_is_still_read(
         b"# HELP job_seconds How long.\n# TYPE job_seconds gauge\n# UNIT job_seconds seconds\n"
         b"job_seconds 2.5\n# EOF\n"
     )
-    async with upstream(answering(body, "text/html")) as url:
-        text = await scrape(url, accept)
-        assert errors(url) == {}
+    async with upstream(answering(body, "text/html")) as scraper:
+        text = await scrape(scraper, accept)
+        assert errors(scraper) == {}
     assert_ours_served(text)
     assert upstream_samples(text, accept == OM_ACCEPT)[("job_seconds", frozenset())] == 2.5
     assert_parseable(promtool, text, accept)
@@ -221,9 +219,9 @@ async def test_a_text_content_type_over_openmetrics_is_still_read(
     ids=["short-body", "bad-chunks", "brotli", "not-http", "huge-header"],
 )
 async def test_broken_http_is_left_out_and_counted(response: bytes, reason: str | None) -> None:
-    async with raw_upstream(response) as url:
-        text = await scrape(url)
-        counted = errors(url)
+    async with raw_upstream(response) as scraper:
+        text = await scrape(scraper)
+        counted = errors(scraper)
     assert_ours_served(text)
     assert sum(counted.values()) == 1, counted
     if reason is not None:
@@ -241,9 +239,9 @@ async def test_broken_http_is_left_out_and_counted(response: bytes, reason: str 
     ids=["bad-crc", "bad-gzip", "bad-deflate"],
 )
 async def test_corrupt_compression_is_left_out_and_counted(body: bytes, encoding: str) -> None:
-    async with upstream(answering(body, **{"Content-Encoding": encoding})) as url:
-        text = await scrape(url)
-        assert errors(url) == {schema.SCRAPE_INVALID: 1}
+    async with upstream(answering(body, **{"Content-Encoding": encoding})) as scraper:
+        text = await scrape(scraper)
+        assert errors(scraper) == {schema.SCRAPE_INVALID: 1}
     assert_ours_served(text)
 
 
@@ -253,7 +251,7 @@ async def test_corrupt_compression_is_left_out_and_counted(body: bytes, encoding
 async def test_an_endless_chunked_stream_is_cut_at_the_size_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(merge, "MAX_UPSTREAM_BYTES", 1024 * 1024)
+    monkeypatch.setattr(scraping, "MAX_UPSTREAM_BYTES", 1024 * 1024)
     written = 0
 
     async def endless(request: web.Request) -> web.StreamResponse:
@@ -265,11 +263,11 @@ async def test_an_endless_chunked_stream_is_cut_at_the_size_limit(
             await response.write(chunk)
             written += len(chunk)
 
-    async with upstream(endless) as url:
-        text = await scrape(url, timeout=3.0)
-        assert errors(url) == {schema.SCRAPE_TOO_LARGE: 1}  # cut by size, not by the timeout
+    async with upstream(endless) as scraper:
+        text = await scrape(scraper, timeout=3.0)
+        assert errors(scraper) == {schema.SCRAPE_TOO_LARGE: 1}  # cut by size, not by the timeout
     assert_ours_served(text)
-    assert written > merge.MAX_UPSTREAM_BYTES
+    assert written > scraping.MAX_UPSTREAM_BYTES
     assert "\ng 1" not in text
 
 
@@ -283,19 +281,19 @@ async def test_a_trickling_upstream_is_cut_at_the_scrape_timeout() -> None:
             await response.write(b"#")
             await asyncio.sleep(0.02)  # the hostile behaviour itself, not a wait in the test
 
-    async with upstream(trickle) as url:
-        text = await scrape(url, timeout=0.6)
-        assert errors(url) == {schema.SCRAPE_TIMEOUT: 1}  # given up on, within the budget
+    async with upstream(trickle) as scraper:
+        text = await scrape(scraper, timeout=0.6)
+        assert errors(scraper) == {schema.SCRAPE_TIMEOUT: 1}  # given up on, within the budget
     assert_ours_served(text)
 
 
 async def test_a_gzip_bomb_in_a_small_body_is_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(merge, "MAX_UPSTREAM_BYTES", 1024 * 1024)
+    monkeypatch.setattr(scraping, "MAX_UPSTREAM_BYTES", 1024 * 1024)
     bomb = gzip.compress(b"\n" * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB of newlines
     assert len(bomb) < 100_000
-    async with upstream(answering(bomb, **{"Content-Encoding": "gzip"})) as url:
-        text = await scrape(url)
-        assert errors(url) == {schema.SCRAPE_TOO_LARGE: 1}
+    async with upstream(answering(bomb, **{"Content-Encoding": "gzip"})) as scraper:
+        text = await scrape(scraper)
+        assert errors(scraper) == {schema.SCRAPE_TOO_LARGE: 1}
     assert_ours_served(text)
 
 
@@ -306,11 +304,11 @@ async def test_an_upstream_with_too_many_samples_is_left_out(
     """Reading costs time per sample: past MAX_UPSTREAM_SAMPLES the merge would outlast a
     scrape's timeout (and Prometheus would lose the sidecar's own families with it), so the
     upstream part is left out and counted instead. 32 MiB of tiny samples is ~4 million."""
-    monkeypatch.setattr(merge, "MAX_UPSTREAM_SAMPLES", 1000)
+    monkeypatch.setattr(scraping, "MAX_UPSTREAM_SAMPLES", 1000)
     body = b"".join(b"m%d 1\n" % i for i in range(samples))
-    async with upstream(answering(body)) as url:
-        text = await scrape(url)
-        assert errors(url) == ({} if served else {"too_large": 1})
+    async with upstream(answering(body)) as scraper:
+        text = await scrape(scraper)
+        assert errors(scraper) == ({} if served else {"too_large": 1})
     assert_ours_served(text)
     assert ("m999 1.0\n" in text) is served
 
@@ -325,9 +323,9 @@ async def test_hostile_label_values_survive_escaped(promtool: str, accept: str) 
         'odd{q="say \\"hi\\"",b="C:\\\\dir\\\\",n="line1\\nline2",u="\u00e9\u2028\U0001f600",'
         'e="",cr="a\rb",nul="x\x00y",unknown_escape="\\q"} 1\n'
     ).encode()
-    async with upstream(answering(body)) as url:
-        text = await scrape(url, accept)
-        assert errors(url) == {}
+    async with upstream(answering(body)) as scraper:
+        text = await scrape(scraper, accept)
+        assert errors(scraper) == {}
     assert_ours_served(text)
     assert_parseable(promtool, text, accept)
     labels = {
@@ -351,9 +349,9 @@ async def test_nan_inf_and_timestamps_survive(promtool: str, accept: str) -> Non
         b'v{k="nan"} NaN\nv{k="inf"} +Inf 1700000000123\nv{k="ninf"} -Inf\n'
         b'v{k="tiny"} 1e-300 -1000\nv{k="neg"} -0.0\n'
     )
-    async with upstream(answering(body)) as url:
-        text = await scrape(url, accept)
-        assert errors(url) == {}
+    async with upstream(answering(body)) as scraper:
+        text = await scrape(scraper, accept)
+        assert errors(scraper) == {}
     assert_parseable(promtool, text, accept)
     parse = om_parse if accept == OM_ACCEPT else text_parse
     got = {s.labels["k"]: s for f in parse(text) for s in f.samples if s.name == "v"}
@@ -376,9 +374,9 @@ async def test_exemplars_where_openmetrics_forbids_them_are_dropped() -> None:
         b"c_created 1700000000\n"
         b"# EOF\n"
     )
-    async with upstream(answering(body, CONTENT_TYPE_OPENMETRICS)) as url:
-        text = await scrape(url, OM_ACCEPT)
-        assert errors(url) == {}
+    async with upstream(answering(body, CONTENT_TYPE_OPENMETRICS)) as scraper:
+        text = await scrape(scraper, OM_ACCEPT)
+        assert errors(scraper) == {}
     families = {f.name: f for f in om_parse(text)}
     (gauge,) = families["g"].samples
     assert gauge.exemplar is None
@@ -391,9 +389,9 @@ async def test_an_exemplar_with_a_nan_timestamp_is_dropped_and_its_sample_kept(
     promtool: str, accept: str
 ) -> None:
     body = b'# TYPE c counter\nc_total 1 # {a="b"} 1 NaN\n# EOF\n'
-    async with upstream(answering(body, CONTENT_TYPE_OPENMETRICS)) as url:
-        text = await scrape(url, accept)
-        assert errors(url) == {}
+    async with upstream(answering(body, CONTENT_TYPE_OPENMETRICS)) as scraper:
+        text = await scrape(scraper, accept)
+        assert errors(scraper) == {}
     assert_ours_served(text)
     assert_parseable(promtool, text, accept)
     assert "\nc_total 1.0\n" in text  # no exemplar after it
@@ -410,8 +408,8 @@ async def test_upstream_families_colliding_with_each_other_stay_one_family(
         b"# TYPE lat_count gauge\nlat_count 5\n"  # a sample name of the summary
         b"dup 1\ndup 2\n"  # the same series twice
     )
-    async with upstream(answering(body)) as url:
-        text = await scrape(url, accept)
+    async with upstream(answering(body)) as scraper:
+        text = await scrape(scraper, accept)
     assert_ours_served(text)
     assert_parseable(promtool, text, accept)
     names = [line.split(" ")[2] for line in text.splitlines() if line.startswith("# TYPE ")]
@@ -425,8 +423,8 @@ async def test_upstream_families_colliding_with_each_other_stay_one_family(
 @BOTH
 async def test_a_name_label_never_reaches_the_scrape(promtool: str, accept: str) -> None:
     body = b'# TYPE g gauge\ng{__name__="other"} 1\nfine 1\n'
-    async with upstream(answering(body)) as url:
-        text = await scrape(url, accept)
+    async with upstream(answering(body)) as scraper:
+        text = await scrape(scraper, accept)
     assert_ours_served(text)
     assert "__name__" not in text
     assert_parseable(promtool, text, accept)
@@ -443,8 +441,8 @@ async def test_a_name_label_never_reaches_the_scrape(promtool: str, accept: str)
 async def test_timestamps_beyond_int64_milliseconds_never_reach_a_text_scrape(
     promtool: str, body: bytes, content_type: str
 ) -> None:
-    async with upstream(answering(body, content_type)) as url:
-        text = await scrape(url, TEXT_ACCEPT)
+    async with upstream(answering(body, content_type)) as scraper:
+        text = await scrape(scraper, TEXT_ACCEPT)
     assert_ours_served(text)
     assert_parseable(promtool, text, TEXT_ACCEPT)
 
@@ -461,8 +459,8 @@ async def test_timestamps_beyond_int64_milliseconds_never_reach_a_text_scrape(
 async def test_non_numeric_le_and_quantile_never_reach_the_scrape(
     promtool: str, body: bytes, accept: str
 ) -> None:
-    async with upstream(answering(body)) as url:
-        text = await scrape(url, accept)
+    async with upstream(answering(body)) as scraper:
+        text = await scrape(scraper, accept)
     assert_ours_served(text)
     assert_parseable(promtool, text, accept)
 
@@ -473,9 +471,9 @@ async def test_non_numeric_le_and_quantile_never_reach_the_scrape(
 async def test_a_truncated_gzip_body_is_not_served_as_data() -> None:
     whole = gzip.compress(b"# TYPE foo gauge\nfoo 123\nbar 1\n", compresslevel=0)
     cut = whole[: whole.index(b"foo 123") + len(b"foo 12")]  # ends mid-value
-    async with upstream(answering(cut, **{"Content-Encoding": "gzip"})) as url:
-        text = await scrape(url)
-        counted = errors(url)
+    async with upstream(answering(cut, **{"Content-Encoding": "gzip"})) as scraper:
+        text = await scrape(scraper)
+        counted = errors(scraper)
     assert_ours_served(text)
     assert "\nfoo 12.0\n" not in text  # a value the upstream never exposed
     assert counted == {schema.SCRAPE_INVALID: 1}
@@ -484,9 +482,9 @@ async def test_a_truncated_gzip_body_is_not_served_as_data() -> None:
 async def test_a_multi_member_gzip_body_is_read_in_full() -> None:
     body = gzip.compress(b"a 1\n") + gzip.compress(b"b 2\n")
     assert gzip.decompress(body) == b"a 1\nb 2\n"  # what Go's gzip reader (Prometheus) reads
-    async with upstream(answering(body, **{"Content-Encoding": "gzip"})) as url:
-        text = await scrape(url)
-        counted = errors(url)
+    async with upstream(answering(body, **{"Content-Encoding": "gzip"})) as scraper:
+        text = await scrape(scraper)
+        counted = errors(scraper)
     assert "\na 1.0\n" in text
     assert "\nb 2.0\n" in text or counted, "b left out without a count"
 
@@ -510,9 +508,9 @@ async def test_sidecar_series_helper_sees_only_the_sidecars_own_on_a_benign_upst
     """The control for the masquerade test below: an honest upstream adds no sidecar series."""
     body = b"# TYPE honest gauge\nhonest 1\n"
     registry = own_registry()
-    async with upstream(answering(body)) as url:
-        text = await scrape(url, registry=registry)
-        assert errors(url) == {}
+    async with upstream(answering(body)) as scraper:
+        text = await scrape(scraper, registry=registry)
+        assert errors(scraper) == {}
     expected = sidecar_series(generate_latest(registry).decode())
     got = sidecar_series(text)
     assert expected <= got
@@ -543,8 +541,8 @@ async def test_sidecar_series_helper_sees_only_the_sidecars_own_on_a_benign_upst
 )
 async def test_an_upstream_series_never_passes_for_the_sidecars(body: bytes) -> None:
     registry = own_registry()
-    async with upstream(answering(body)) as url:
-        text = await scrape(url, registry=registry)
+    async with upstream(answering(body)) as scraper:
+        text = await scrape(scraper, registry=registry)
     expected = sidecar_series(generate_latest(registry).decode())
     expected |= {
         (schema.UPSTREAM_SCRAPE_ERRORS.name, frozenset({("reason", r)}))

@@ -34,9 +34,10 @@ from support.upstreams import running_upstream, v2_body
 
 from inferwatch import cli, monitor_inference, schema, tracing, track_inference
 from inferwatch.batching import DynamicBatcher, Overloaded
-from inferwatch.sidecar import merge
+from inferwatch.exposition.render import CONTENT_TYPE_OPENMETRICS
 from inferwatch.sidecar.app import Proxy
 from inferwatch.sidecar.config import ConfigError, load_config
+from inferwatch.sidecar.scrape import UPSTREAM_ACCEPT, UPSTREAM_ACCEPT_OPENMETRICS, UpstreamScraper
 
 OM_ACCEPT = "application/openmetrics-text;version=1.0.0"
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -338,14 +339,15 @@ async def test_the_merge_keeps_the_apps_exemplars() -> None:
         0.5, {"trace_id": CLIENT_TRACE, "span_id": CLIENT_SPAN}
     )
     accepts: list[str] = []
-    runner = await _serve_metrics(om_generate(app), merge.CONTENT_TYPE_OPENMETRICS, accepts)
+    runner = await _serve_metrics(om_generate(app), CONTENT_TYPE_OPENMETRICS, accepts)
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
     try:
         async with aiohttp.ClientSession() as session:
-            body, _ = await merge.merged_metrics(CollectorRegistry(), session, url, OM_ACCEPT, 5)
+            scraper = UpstreamScraper(session, url)
+            body, _ = await scraper.exposition(CollectorRegistry(), OM_ACCEPT, 5)
     finally:
         await runner.cleanup()
-    assert accepts == [merge.UPSTREAM_ACCEPT_OPENMETRICS]
+    assert accepts == [UPSTREAM_ACCEPT_OPENMETRICS]
     assert exemplars(body.decode(), "app_latency_seconds") == [
         {"trace_id": CLIENT_TRACE, "span_id": CLIENT_SPAN}
     ]
@@ -361,7 +363,7 @@ async def test_an_upstream_that_mangles_colon_names_is_asked_for_text() -> None:
         accepts.append(accept)
         if accept.startswith("application/openmetrics-text"):
             return web.Response(
-                body=om_generate(vllm), headers={"Content-Type": merge.CONTENT_TYPE_OPENMETRICS}
+                body=om_generate(vllm), headers={"Content-Type": CONTENT_TYPE_OPENMETRICS}
             )
         return web.Response(text="# TYPE vllm:requests_total counter\nvllm:requests_total 1\n")
 
@@ -373,18 +375,17 @@ async def test_an_upstream_that_mangles_colon_names_is_asked_for_text() -> None:
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
     try:
         async with aiohttp.ClientSession() as session:
+            scraper = UpstreamScraper(session, url)
             for _ in range(2):
-                body, _ = await merge.merged_metrics(
-                    CollectorRegistry(), session, url, OM_ACCEPT, 5
-                )
+                body, _ = await scraper.exposition(CollectorRegistry(), OM_ACCEPT, 5)
                 assert "vllm:requests_total 1.0" in body.decode().splitlines()
     finally:
         await runner.cleanup()
     # The first scrape tried OpenMetrics, then text; the next went straight to text.
     assert accepts == [
-        merge.UPSTREAM_ACCEPT_OPENMETRICS,
-        merge.UPSTREAM_ACCEPT,
-        merge.UPSTREAM_ACCEPT,
+        UPSTREAM_ACCEPT_OPENMETRICS,
+        UPSTREAM_ACCEPT,
+        UPSTREAM_ACCEPT,
     ]
 
 
