@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -21,7 +20,10 @@ from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2_grpc,
 )
 from prometheus_client import CollectorRegistry
-from support.ports import free_port
+from support.http import wait_for_http
+from support.polling import poll
+from support.ports import LOOPBACK, free_port
+from support.processes import inferwatch_command, stop_process
 from support.upstreams import running_upstream, v2_body
 
 from inferwatch import monitor_inference, schema
@@ -151,37 +153,30 @@ async def _push_after_one_request(
             stderr=asyncio.subprocess.DEVNULL,
         )
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 60
-            async with aiohttp.ClientSession() as session:
-                while True:
-                    assert proc.returncode is None, "it exited before it was ready"
-                    try:
-                        async with session.get(ready) as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    assert loop.time() < deadline, "it never became ready"
-                    await asyncio.sleep(0.05)
-                async with session.post(infer, data=body) as response:
-                    assert response.status == 200
-            while _pushed_successes(service, model) != 1.0:
-                assert loop.time() < deadline, "no pushed success count"
-                await asyncio.sleep(0.05)
+            await wait_for_http(ready, proc, timeout=60)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(infer, data=body) as response,
+            ):
+                assert response.status == 200
+            await poll(
+                lambda: _pushed_successes(service, model) == 1.0,
+                "a pushed success count",
+                timeout=60,
+                interval=0.05,
+            )
         finally:
-            proc.terminate()
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            assert await stop_process(proc) == 0
 
 
 async def test_the_sidecar_pushes_its_metrics_when_asked() -> None:
     async with running_upstream() as upstream:
         port = free_port()
-        command = [
-            *(sys.executable, "-m", "inferwatch", "sidecar", "--upstream", upstream.url),
-            *("--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{free_port()}"),
+        command = inferwatch_command(
+            *("sidecar", "--upstream", upstream.url),
+            *("--listen", f"{LOOPBACK}:{port}", "--admin", f"{LOOPBACK}:{free_port()}"),
             *("--otlp-metrics", "--drain-quiet-period", "0"),
-        ]
+        )
         base = f"http://127.0.0.1:{port}"
         await _push_after_one_request(
             command, f"{base}/ready", f"{base}/v2/models/resnet/infer", v2_body(4), "resnet"
@@ -190,10 +185,10 @@ async def test_the_sidecar_pushes_its_metrics_when_asked() -> None:
 
 async def test_the_model_server_pushes_its_metrics_when_asked() -> None:
     port = free_port()
-    command = [
-        *(sys.executable, "-m", "inferwatch", "serve", "--model-size", "tiny"),
-        *("--host", "127.0.0.1", "--port", str(port), "--otlp-metrics"),
-    ]
+    command = inferwatch_command(
+        *("serve", "--model-size", "tiny"),
+        *("--host", LOOPBACK, "--port", str(port), "--otlp-metrics"),
+    )
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"text": "hello"}).encode()
     await _push_after_one_request(
@@ -207,7 +202,7 @@ def test_a_bad_otlp_setting_stops_the_command_with_its_name(command: str) -> Non
     env["OTEL_METRIC_EXPORT_INTERVAL"] = "soon"
     flags = ["--upstream", "http://127.0.0.1:1"] if command == "sidecar" else []
     done = subprocess.run(
-        [sys.executable, "-m", "inferwatch", command, *flags, "--otlp-metrics"],
+        inferwatch_command(command, *flags, "--otlp-metrics"),
         env=env,
         capture_output=True,
         text=True,

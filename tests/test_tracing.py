@@ -18,9 +18,11 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from support.http import wait_for_http
 from support.model_server import TEXT_MODEL, start_server
 from support.ports import free_port
-from support.sidecar import running_sidecar
+from support.processes import stop_process
+from support.sidecar import running_sidecar, sidecar_process
 from support.tracing import (
     SPAN_KIND_SERVER,
     ReceivedSpan,
@@ -501,31 +503,6 @@ async def test_one_trace_through_sidecar_server_and_batch_over_grpc() -> None:
 # --- processes configured by OTEL_* alone, and a real Prometheus ---------------------------------
 
 
-async def _wait_http(session: aiohttp.ClientSession, url: str, proc: Any, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        assert proc.returncode is None, f"process exited with {proc.returncode}"
-        try:
-            async with session.get(url) as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        assert loop.time() < deadline, f"{url} never answered 200"
-        await asyncio.sleep(0.05)
-
-
-async def _stop(proc: Any) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
 async def test_processes_export_by_otel_env_and_prometheus_stores_the_exemplars(
     tmp_path: Path,
 ) -> None:
@@ -571,7 +548,7 @@ async def test_processes_export_by_otel_env_and_prometheus_stores_the_exemplars(
                 )
                 procs.append(sidecar)
                 proxy = f"http://127.0.0.1:{proxy_port}"
-                await _wait_http(session, proxy + "/ready", sidecar, 60)
+                await wait_for_http(proxy + "/ready", sidecar, 60)
                 async with session.post(
                     f"{proxy}/v2/models/{TEXT_MODEL}/infer", json=V2_BODY
                 ) as response:
@@ -591,7 +568,7 @@ async def test_processes_export_by_otel_env_and_prometheus_stores_the_exemplars(
                 )
             finally:
                 for proc in reversed(procs):
-                    await _stop(proc)
+                    await stop_process(proc, 20)
 
 
 async def _prometheus_returns_exemplars(
@@ -835,31 +812,27 @@ async def test_workers_each_start_tracing_and_keep_no_exemplars() -> None:
             OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
             OTEL_BSP_SCHEDULE_DELAY="50",
         )
-        async with running_upstream() as upstream, aiohttp.ClientSession() as session:
-            port, admin_port = free_port(), free_port()
-            proc = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "inferwatch", "sidecar", "--upstream", upstream.url),
-                *("--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin_port}"),
+        async with (
+            running_upstream() as upstream,
+            aiohttp.ClientSession() as session,
+            sidecar_process(
+                upstream.url,
                 *("--workers", "2", "--drain-quiet-period", "0"),
                 env=env,  # tracing on by itself: OTEL_EXPORTER_OTLP_ENDPOINT is set
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            try:
-                await _wait_http(session, f"http://127.0.0.1:{port}/ready", proc, 30)
-                url = f"http://127.0.0.1:{port}/v2/models/m/infer"
-                for _ in range(4):  # new connections: the kernel spreads them over the workers
-                    async with (
-                        aiohttp.ClientSession() as fresh,
-                        fresh.post(url, data=v2_body(1)) as response,
-                    ):
-                        assert response.status == 200
-                spans = await received.wait_for(lambda s: len(s) >= 4)
-                admin = f"http://127.0.0.1:{admin_port}/metrics"
-                async with session.get(admin, headers={"Accept": OM_ACCEPT}) as response:
-                    text = await response.text()
-            finally:
-                await _stop(proc)
+                ready_timeout=30,
+            ) as sidecar,
+        ):
+            url = f"{sidecar.proxy_url}/v2/models/m/infer"
+            for _ in range(4):  # new connections: the kernel spreads them over the workers
+                async with (
+                    aiohttp.ClientSession() as fresh,
+                    fresh.post(url, data=v2_body(1)) as response,
+                ):
+                    assert response.status == 200
+            spans = await received.wait_for(lambda s: len(s) >= 4)
+            admin = f"{sidecar.admin_url}/metrics"
+            async with session.get(admin, headers={"Accept": OM_ACCEPT}) as response:
+                text = await response.text()
     assert len(spans) == 4
     assert {s.name for s in spans} == {f"POST {V2_ROUTE}"}
     assert {s.service for s in spans} == {"inferwatch-sidecar"}
