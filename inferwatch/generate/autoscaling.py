@@ -1,6 +1,6 @@
 """Autoscaling on queue length and p95 latency: the HPA, prometheus-adapter's rules, KEDA.
 
-Both paths read the recording rules of rules.py, so the HPA, the dashboards and the alerts see
+Both paths read the recording rules (promql.py), so the HPA, the dashboards and the alerts see
 one number. prometheus-adapter is heading for deprecation; KEDA's prometheus trigger is the
 recommended path and needs no adapter.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from inferwatch import schema
 from inferwatch.generate import promql, yaml_text
 from inferwatch.generate.options import GenerateOptions
 
@@ -72,19 +71,16 @@ def adapter_rules() -> list[dict[str, Any]]:
     resources = {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}}
     return [
         {
-            "seriesQuery": f'{promql.POD_QUEUE_LENGTH}{{namespace!="",pod!=""}}',
+            "seriesQuery": promql.adapter_series(promql.POD_QUEUE_LENGTH),
             "resources": resources,
             "name": {"matches": f"^{promql.POD_QUEUE_LENGTH}$", "as": QUEUE_METRIC},
-            # <<.GroupBy>> inside the aggregation, or the pod label is lost.
-            "metricsQuery": "sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})",
+            "metricsQuery": promql.ADAPTER_SUM_QUERY,
         },
         {
-            "seriesQuery": f'{promql.POD_P95_SECONDS}{{namespace!="",pod!=""}}',
+            "seriesQuery": promql.adapter_series(promql.POD_P95_SECONDS),
             "resources": resources,
             "name": {"matches": f"^{promql.POD_P95_SECONDS}$", "as": P95_METRIC},
-            # ">= 0" drops the NaN of a pod without traffic: the HPA then treats it as idle
-            # instead of failing the whole metric.
-            "metricsQuery": "1000 * max by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>} >= 0)",
+            "metricsQuery": promql.ADAPTER_MS_QUERY,
         },
     ]
 
@@ -100,14 +96,11 @@ def adapter_config_map(options: GenerateOptions) -> dict[str, Any]:
 
 def keda_queries(options: GenerateOptions) -> tuple[str, str]:
     """The deployment-wide queue length and p95 (ms); each returns exactly one element."""
-    pods = f'namespace="{options.namespace}",pod=~"{options.deployment}-.*"'
-    queue = f"sum({promql.POD_QUEUE_LENGTH}{{{pods}}}) or vector(0)"
-    p95 = (
-        "1000 * (histogram_quantile(0.95, sum by (le) (rate("
-        f'{schema.INFERENCE_DURATION.bucket}{{source="{schema.SOURCE_SIDECAR}",{pods}}}[1m])))'
-        " >= 0) or vector(0)"
+    pods = (
+        promql.eq("namespace", options.namespace),
+        promql.matches("pod", f"{options.deployment}-.*"),
     )
-    return queue, p95
+    return promql.deployment_queue_length(pods), promql.deployment_p95_ms(pods)
 
 
 def keda_scaled_object(options: GenerateOptions) -> dict[str, Any]:

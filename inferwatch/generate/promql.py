@@ -19,6 +19,8 @@ MODEL_LABELS = ("namespace", "source", "model_name")
 POD_LABELS = ("namespace", "pod")
 
 SERVER_SIDE_REASONS_RE = "|".join(schema.SERVER_SIDE_REASONS)
+# The latency percentiles recorded per model and drawn on the dashboards.
+QUANTILES = (50, 95, 99)
 
 
 # --- spelling: durations, bucket bounds, label lists, selectors -------------------------------

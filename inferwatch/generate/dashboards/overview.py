@@ -9,7 +9,6 @@ from grafanalib import core
 from inferwatch import schema
 from inferwatch.generate import promql
 from inferwatch.generate.dashboards.panels import (
-    QUANTILES,
     RATE,
     Query,
     dashboard,
@@ -121,7 +120,7 @@ def quantiles(
 ) -> list[Query]:
     return [
         Query(promql.quantile(q, family, selector, labels, RATE), f"{legend} p{q}")
-        for q in QUANTILES
+        for q in promql.QUANTILES
     ]
 
 

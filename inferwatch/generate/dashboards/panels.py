@@ -25,7 +25,6 @@ TAG = "inferwatch"
 # Every panel and query variable reads the data source picked in the `datasource` variable.
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"  # follows the time range and the scrape interval
-QUANTILES = (50, 95, 99)
 _ALL = ".*"  # "All" matches series without the label too (a local stack has no namespace)
 
 
