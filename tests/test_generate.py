@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -241,3 +242,32 @@ def test_durations() -> None:
         "90s",
         "2500ms",
     ]
+
+
+def test_the_generators_read_gpu_label_values_from_the_schema_not_the_collector() -> None:
+    # Generating configs must not need the NVML collector (or anything it imports).
+    generators = Path(generate.__file__).parent
+    for path in generators.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {
+            name
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for name in (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [f"{node.module}.{a.name}" for a in node.names]
+            )
+        }
+        collector = {
+            n for n in imported if n == "inferwatch.gpu" or n.startswith("inferwatch.gpu.")
+        }
+        assert not collector, path
+
+
+def test_every_throttle_reason_the_gpu_alert_reads_is_one_nvml_reports() -> None:
+    reasons = [reason for reason, _ in schema.THROTTLE_REASONS]
+    assert set(schema.POWER_THROTTLE_REASONS) <= set(reasons)
+    rules = yaml.safe_load(generate.render()[generate.ALERTING_RULES])["groups"][0]["rules"]
+    (power,) = [r for r in rules if r["alert"] == "GPUPowerThrottling"]
+    assert f'reason=~"{"|".join(schema.POWER_THROTTLE_REASONS)}"' in power["expr"]
