@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -16,6 +14,7 @@ from typing import Any
 
 import pytest
 from support.ports import free_port
+from support.processes import inferwatch_command
 
 PORTS = ("server", "sidecar", "admin", "prometheus", "alertmanager", "webhook")
 
@@ -28,13 +27,10 @@ def query(port: int, expr: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(400)
-def test_demo_runs_the_stack_and_cleans_up(tmp_path: Path) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.fail("prometheus is not installed: run `make test`, which installs it")
+def test_demo_runs_the_stack_and_cleans_up(tmp_path: Path, prometheus: str) -> None:
     workdir = tmp_path / "demo"
     ports = [arg for name in PORTS for arg in (f"--{name}-port", "0")]
-    command = [sys.executable, "-m", "inferwatch", "demo", "--duration", "80"]
+    command = inferwatch_command("demo", "--duration", "80")
     done = subprocess.run(
         [*command, "--workdir", str(workdir), *ports],
         capture_output=True,
@@ -118,7 +114,7 @@ def test_demo_runs_the_stack_and_cleans_up(tmp_path: Path) -> None:
 def test_ctrl_c_or_sigterm_stops_everything(tmp_path: Path, stop_signal: signal.Signals) -> None:
     workdir = tmp_path / "demo"
     ports = [arg for name in PORTS for arg in (f"--{name}-port", "0")]
-    command = [sys.executable, "-m", "inferwatch", "demo", "--no-render"]
+    command = inferwatch_command("demo", "--no-render")
     with subprocess.Popen(
         [*command, "--workdir", str(workdir), *ports],
         stdout=subprocess.PIPE,

@@ -14,10 +14,9 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,9 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install
-from support.ports import free_port
+from support.http import serving
+from support.polling import poll
+from support.ports import LOOPBACK, free_port
 from support.sidecar import running_sidecar
 
 from inferwatch import generate, monitor_inference
@@ -37,7 +38,6 @@ from inferwatch.generate.options import GenerateOptions
 from inferwatch.gpu import start_gpu_metrics
 from inferwatch.render import substitute
 
-LOOPBACK = "127.0.0.1"
 NAMESPACE = "serving"
 POD = "model-server-0"
 SCALE = 1 / 60  # burn-rate windows: 1h -> 1m, 5m -> 5s; `for` 2m -> 2s
@@ -57,30 +57,6 @@ KSM_METRICS = (
     f'kube_horizontalpodautoscaler_spec_min_replicas{{namespace="{NAMESPACE}",'
     'horizontalpodautoscaler="model-server"} 1\n'
 )
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
-@asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[int]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, 0)
-    await site.start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
 
 
 def model_server() -> web.Application:
@@ -170,15 +146,6 @@ def finite(result: list[dict[str, Any]]) -> bool:
     return any(math.isfinite(float(r["value"][1])) for r in result)
 
 
-@pytest.fixture
-def binaries() -> tuple[str, str]:
-    prometheus = shutil.which("prometheus")
-    alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if prometheus is None or alertmanager is None:
-        pytest.fail("prometheus and prometheus-alertmanager are needed: run `make test`")
-    return prometheus, alertmanager
-
-
 @asynccontextmanager
 async def process(argv: list[str], log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
@@ -196,9 +163,11 @@ async def process(argv: list[str], log: Path) -> AsyncIterator[subprocess.Popen[
 
 @pytest.mark.timeout(240)
 async def test_dashboards_rules_adapter_and_alerts_live(
-    tmp_path: Path, binaries: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    prometheus: str,
+    alertmanager: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    prometheus_bin, alertmanager_bin = binaries
     webhook = Webhook()
     clear_visible_devices(monkeypatch)
     install(
@@ -221,17 +190,15 @@ async def test_dashboards_rules_adapter_and_alerts_live(
     )
 
     async with (
-        serve(webhook.app()) as webhook_port,
-        serve(model_server()) as upstream_port,
-        running_sidecar(
-            f"http://{LOOPBACK}:{upstream_port}", max_concurrency=4, queue_timeout=5.0
-        ) as sidecar,
+        serving(webhook.app(), shutdown_timeout=0.5) as webhook_url,
+        serving(model_server(), shutdown_timeout=0.5) as upstream_url,
+        running_sidecar(upstream_url, max_concurrency=4, queue_timeout=5.0) as sidecar,
     ):
         gpus = start_gpu_metrics(registry=sidecar.registry, interval=0.2)
         options = GenerateOptions(
             namespace=NAMESPACE,
             window_scale=SCALE,
-            alert_webhook_url=f"http://{LOOPBACK}:{webhook_port}/alerts",
+            alert_webhook_url=f"{webhook_url}/alerts",
         )
         files = generate.render(options)
         for name in (generate.RECORDING_RULES, generate.ALERTING_RULES, generate.ALERTMANAGER):
@@ -256,7 +223,7 @@ async def test_dashboards_rules_adapter_and_alerts_live(
                 },
                 {
                     "job_name": "kube-state-metrics",
-                    "static_configs": [{"targets": [f"{LOOPBACK}:{webhook_port}"]}],
+                    "static_configs": [{"targets": [webhook_url.removeprefix("http://")]}],
                 },
             ],
         }
@@ -265,7 +232,7 @@ async def test_dashboards_rules_adapter_and_alerts_live(
         async with (
             process(
                 [
-                    alertmanager_bin,
+                    alertmanager,
                     f"--config.file={tmp_path / Path(generate.ALERTMANAGER).name}",
                     f"--storage.path={tmp_path / 'am'}",
                     f"--web.listen-address={LOOPBACK}:{am_port}",
@@ -275,7 +242,7 @@ async def test_dashboards_rules_adapter_and_alerts_live(
             ),
             process(
                 [
-                    prometheus_bin,
+                    prometheus,
                     f"--config.file={tmp_path / 'prometheus.yml'}",
                     f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                     f"--web.listen-address={LOOPBACK}:{prom_port}",
@@ -293,7 +260,7 @@ async def test_dashboards_rules_adapter_and_alerts_live(
                 except aiohttp.ClientError:
                     return False
 
-            await eventually(ready, 30, "Prometheus to start")
+            await poll(ready, "Prometheus to start", timeout=30, interval=0.25)
 
             async def infer(batch: int, fail: bool = False) -> int:
                 body = {"inputs": [{"name": "x", "shape": [batch, 1], "datatype": "FP32"}]}
@@ -344,7 +311,9 @@ async def test_dashboards_rules_adapter_and_alerts_live(
                 return not await panels_without_data()
 
             try:
-                await eventually(all_panels_have_data, 60, "every panel to have data")
+                await poll(
+                    all_panels_have_data, "every panel to have data", timeout=60, interval=0.25
+                )
             except AssertionError:
                 pytest.fail("panels without data:\n" + "\n".join(await panels_without_data()))
 
@@ -387,7 +356,9 @@ async def test_dashboards_rules_adapter_and_alerts_live(
                 ]
 
             try:
-                alerts = await eventually(delivered, 60, "the error-burn alert at the webhook")
+                alerts = await poll(
+                    delivered, "the error-burn alert at the webhook", timeout=60, interval=0.25
+                )
             except AssertionError:
                 ratios = await query(http, prom, '{__name__=~".*errors:ratio_rate(1m|5s)"}')
                 firing = await query(http, prom, "ALERTS")
