@@ -30,7 +30,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from inferwatch import generate, schema
+from inferwatch import generate
+from inferwatch.generate import promql
 from inferwatch.generate.options import GenerateOptions
 
 log = logging.getLogger(__name__)
@@ -314,17 +315,7 @@ class Summary:
 
 
 async def prometheus_summary(session: aiohttp.ClientSession, prometheus: str) -> Summary:
-    total = schema.INFERENCE_TOTAL.name
-    bucket = schema.INFERENCE_DURATION.bucket
-    sidecar = f'source="{schema.SOURCE_SIDECAR}"'
-    queries = {
-        "rps": f"sum(rate({total}{{{sidecar}}}[10s]))",
-        "p95_ms": (
-            f"1000 * histogram_quantile(0.95, sum by (le) (rate({bucket}{{{sidecar}}}[10s])))"
-        ),
-        "queue": f"sum({schema.QUEUE_LENGTH.name})",
-        "errors": f'sum(rate({total}{{{sidecar},status="{schema.STATUS_ERROR}"}}[10s]))',
-    }
+    queries = promql.demo_summary("10s")
     summary = Summary()
     for key, expr in queries.items():
         with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, KeyError, IndexError):

@@ -188,6 +188,18 @@ def mean(family: schema.Family, selector: str, labels: Sequence[str], window: st
     )
 
 
+def demo_summary(window: str) -> dict[str, str]:
+    """The figures ``inferwatch demo`` prints each interval, over the whole local stack."""
+    sidecar = selector(eq("source", schema.SOURCE_SIDECAR))
+    errors = selector(eq("source", schema.SOURCE_SIDECAR), eq("status", schema.STATUS_ERROR))
+    return {
+        "rps": total(rate(schema.INFERENCE_TOTAL.name, sidecar, window)),
+        "p95_ms": f"1000 * {quantile(95, schema.INFERENCE_DURATION, sidecar, (), window)}",
+        "queue": total(schema.QUEUE_LENGTH.name),
+        "errors": total(rate(schema.INFERENCE_TOTAL.name, errors, window)),
+    }
+
+
 # --- the sidecar ----------------------------------------------------------------------------
 
 
