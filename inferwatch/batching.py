@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry
 from inferwatch import schema
 from inferwatch import tracing as _tracing
 from inferwatch.metrics import inference_metrics
+from inferwatch.tracing.state import tracing_state
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _span_error_type(exc: BaseException) -> str:
 
 
 def _exemplar(entry: _Entry) -> dict[str, str] | None:
-    return _tracing.exemplar_of(entry.span) if _tracing.exemplars else None
+    return _tracing.exemplar_of(entry.span) if tracing_state.exemplars else None
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -164,7 +165,7 @@ class DynamicBatcher(Generic[T, R]):
         :meth:`close`. Cancelling the caller while the item waits removes it from the queue:
         the model never sees it.
         """
-        if _tracing.enabled:
+        if tracing_state.enabled:
             return (await self._submit_traced((item,)))[0]
         entry = self._admit((item,))[0]
         try:
@@ -181,7 +182,7 @@ class DynamicBatcher(Generic[T, R]):
         """
         if not items:
             return []
-        if _tracing.enabled:
+        if tracing_state.enabled:
             return await self._submit_traced(items)
         return await self._results(self._admit(items))
 
@@ -382,13 +383,7 @@ class DynamicBatcher(Generic[T, R]):
         )
         attributes[_tracing.ATTR_BATCH_SIZE] = len(batch)
         attributes[_tracing.ATTR_BATCH_REQUESTS] = len(requests)
-        return _tracing.start_span(
-            f"batch {self.model_name}",
-            _tracing.otel_context.Context(),
-            links=[_tracing.Link(span.get_span_context()) for span in requests.values()],
-            attributes=attributes,
-            sample=True,
-        )
+        return _tracing.start_linked_root(f"batch {self.model_name}", requests.values(), attributes)
 
     # --- closing ------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from inferwatch import schema
 from inferwatch import tracing as _tracing
 from inferwatch.metrics import ModelInstruments, inference_metrics
+from inferwatch.tracing.state import tracing_state
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def _batch_extractor(
 
 def _observe_batch(
     extract: Callable[[tuple[Any, ...], dict[str, Any]], int | None],
+    observe_size: Callable[[float], None],
     m: ModelInstruments,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -108,7 +110,20 @@ def _observe_batch(
         log.debug("batch size extraction failed for %s", m.model_name, exc_info=True)
         return
     if size is not None:
-        m.batch_size.observe(size)
+        observe_size(size)
+
+
+def _recorders(
+    m: ModelInstruments, on_span: bool
+) -> tuple[Callable[[float], None], Callable[[str], None]]:
+    """Where a wrapper records batch sizes and failures: ``m``'s children and, inside a
+    recorded span (``on_span``), that span too (``inference.batch_size``, ``error.type``)."""
+    if on_span:
+        return (
+            _tracing.batch_sizes_on_span(m.batch_size.observe),
+            _tracing.failures_on_span(m.record_failure),
+        )
+    return m.batch_size.observe, m.record_failure
 
 
 @overload
@@ -166,8 +181,9 @@ def monitor_inference(
 
 # The wrappers bind children's methods to locals: attribute lookups are a measurable part of a
 # call that otherwise costs about a microsecond. While tracing is off a call reads one flag,
-# ``_tracing.enabled``; when it is on, the call goes to the traced variant of the same wrapper
-# (built on first use), which runs inside a span and attaches exemplars to latency.
+# ``tracing_state.enabled``; when it is on, the call goes to the traced variant of the same
+# wrapper (built on first use), which runs inside a span, attaches exemplars to latency and
+# puts the batch size and any failure on the span.
 
 
 def _span_error_type(exc: BaseException) -> str:
@@ -175,7 +191,8 @@ def _span_error_type(exc: BaseException) -> str:
 
 
 class _Traced:
-    """The traced variant of a wrapper: a span around the wrapper built on exemplar children."""
+    """The traced variant of a wrapper: a span around the wrapper built on exemplar children
+    that also records the batch size and failures on the span."""
 
     __slots__ = ("_args", "_attributes", "_inner", "_make", "_name", "_plain")
 
@@ -198,7 +215,8 @@ class _Traced:
         inner = self._inner
         if inner is None:
             fn, m, extract = self._args
-            inner = self._inner = self._make(fn, _tracing.with_exemplars(m), extract, None)
+            traced_m = m.with_exemplars(_tracing.current_exemplar)
+            inner = self._inner = self._make(fn, traced_m, extract, None, on_span=True)
         return inner
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -212,8 +230,8 @@ class _Traced:
     def generator(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Generator[Any, Any, Any]:
         # The span is current only while the wrapped generator runs, never across a yield.
         span = _tracing.start_span(self._name, attributes=self._attributes)
-        ctx = _tracing.trace.set_span_in_context(span)
-        attach, detach = _tracing.otel_context.attach, _tracing.otel_context.detach
+        ctx = _tracing.context_of(span)
+        attach, detach = _tracing.attach, _tracing.detach
         token = attach(ctx)
         try:
             gen = self._wrapper()(*args, **kwargs)
@@ -262,8 +280,8 @@ class _Traced:
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncGenerator[Any, Any]:
         span = _tracing.start_span(self._name, attributes=self._attributes)
-        ctx = _tracing.trace.set_span_in_context(span)
-        attach, detach = _tracing.otel_context.attach, _tracing.otel_context.detach
+        ctx = _tracing.context_of(span)
+        attach, detach = _tracing.attach, _tracing.detach
         error: BaseException | None = None
         gen = None
         try:
@@ -307,16 +325,21 @@ class _Traced:
 
 
 def _wrap_function(
-    fn: Callable[..., Any], m: ModelInstruments, extract: Any, traced: _Traced | None
+    fn: Callable[..., Any],
+    m: ModelInstruments,
+    extract: Any,
+    traced: _Traced | None,
+    on_span: bool = False,
 ) -> Callable[..., Any]:
+    observe_size, record_failure = _recorders(m, on_span)
     active_inc, active_dec = m.active.inc, m.active.dec
     observe, success = m.duration.observe, m.success.inc
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if traced is not None and _tracing.enabled:
+        if traced is not None and tracing_state.enabled:
             return traced.call(args, kwargs)
         if extract is not None:
-            _observe_batch(extract, m, args, kwargs)
+            _observe_batch(extract, observe_size, m, args, kwargs)
         active_inc()
         start = perf_counter()
         try:
@@ -324,7 +347,7 @@ def _wrap_function(
         except BaseException as exc:
             observe(perf_counter() - start)
             active_dec()
-            m.record_failure(_reason(exc))
+            record_failure(_reason(exc))
             raise
         observe(perf_counter() - start)
         active_dec()
@@ -335,16 +358,21 @@ def _wrap_function(
 
 
 def _wrap_coroutine(
-    fn: Callable[..., Any], m: ModelInstruments, extract: Any, traced: _Traced | None
+    fn: Callable[..., Any],
+    m: ModelInstruments,
+    extract: Any,
+    traced: _Traced | None,
+    on_span: bool = False,
 ) -> Callable[..., Any]:
+    observe_size, record_failure = _recorders(m, on_span)
     active_inc, active_dec = m.active.inc, m.active.dec
     observe, success = m.duration.observe, m.success.inc
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if traced is not None and _tracing.enabled:
+        if traced is not None and tracing_state.enabled:
             return await traced.call_async(args, kwargs)
         if extract is not None:
-            _observe_batch(extract, m, args, kwargs)
+            _observe_batch(extract, observe_size, m, args, kwargs)
         active_inc()
         start = perf_counter()
         try:
@@ -352,7 +380,7 @@ def _wrap_coroutine(
         except BaseException as exc:
             observe(perf_counter() - start)
             active_dec()
-            m.record_failure(_reason(exc))
+            record_failure(_reason(exc))
             raise
         observe(perf_counter() - start)
         active_dec()
@@ -363,13 +391,19 @@ def _wrap_coroutine(
 
 
 def _wrap_generator(
-    fn: Callable[..., Any], m: ModelInstruments, extract: Any, traced: _Traced | None
+    fn: Callable[..., Any],
+    m: ModelInstruments,
+    extract: Any,
+    traced: _Traced | None,
+    on_span: bool = False,
 ) -> Callable[..., Any]:
+    observe_size, record_failure = _recorders(m, on_span)
+
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        if traced is not None and _tracing.enabled:
+        if traced is not None and tracing_state.enabled:
             return (yield from traced.generator(args, kwargs))
         if extract is not None:
-            _observe_batch(extract, m, args, kwargs)
+            _observe_batch(extract, observe_size, m, args, kwargs)
         m.active.inc()
         start = perf_counter()
         failure: str | None = None
@@ -406,16 +440,22 @@ def _wrap_generator(
             if failure is None:
                 m.success.inc()
             else:
-                m.record_failure(failure)
+                record_failure(failure)
 
     return wrapper
 
 
 def _wrap_async_generator(
-    fn: Callable[..., Any], m: ModelInstruments, extract: Any, traced: _Traced | None
+    fn: Callable[..., Any],
+    m: ModelInstruments,
+    extract: Any,
+    traced: _Traced | None,
+    on_span: bool = False,
 ) -> Callable[..., Any]:
+    observe_size, record_failure = _recorders(m, on_span)
+
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        if traced is not None and _tracing.enabled:
+        if traced is not None and tracing_state.enabled:
             agen = traced.async_generator(args, kwargs)
             try:
                 item = await agen.__anext__()
@@ -432,7 +472,7 @@ def _wrap_async_generator(
             except StopAsyncIteration:
                 return
         if extract is not None:
-            _observe_batch(extract, m, args, kwargs)
+            _observe_batch(extract, observe_size, m, args, kwargs)
         m.active.inc()
         start = perf_counter()
         failure: str | None = None
@@ -468,7 +508,7 @@ def _wrap_async_generator(
             if failure is None:
                 m.success.inc()
             else:
-                m.record_failure(failure)
+                record_failure(failure)
 
     return wrapper
 
@@ -507,7 +547,7 @@ class track_inference:
             self._m.tokens_output.inc(output)
 
     def __enter__(self) -> track_inference:
-        if _tracing.enabled:
+        if tracing_state.enabled:
             self._enter_span()
         self._m.active.inc()
         self._start = perf_counter()
@@ -521,7 +561,7 @@ class track_inference:
             _span_error_type,
         )
         self._span.__enter__()
-        self._m = _tracing.with_exemplars(m)
+        self._m = m.with_exemplars(_tracing.current_exemplar)
 
     def __exit__(
         self,
@@ -530,15 +570,20 @@ class track_inference:
         tb: TracebackType | None,
     ) -> None:
         m = self._m
+        span = self._span
         m.duration.observe(perf_counter() - self._start)
         m.active.dec()
         if self.batch_size is not None:
             m.batch_size.observe(self.batch_size)
+            if span is not None:
+                _tracing.set_batch_size(self.batch_size)
         if exc is None:
             m.success.inc()
         else:
-            m.record_failure(_reason(exc))
-        span = self._span
+            reason = _reason(exc)
+            m.record_failure(reason)
+            if span is not None:
+                _tracing.mark_failed(reason)
         if span is not None:
             self._span = None
             span.__exit__(exc_type, exc, tb)

@@ -3,40 +3,63 @@
 Resolving a labelled child costs about a microsecond in prometheus_client, more than the
 increment itself, so the hot paths (the decorators' wrappers, the sidecar's request handler)
 hold a :class:`ModelInstruments` whose children were looked up when the model was first seen.
+Which children, under which attribute names, is the schema's (each family's ``per_model``), so
+a new family needs only its schema entry and the code that records it.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from inferwatch import schema
 from inferwatch._version import __version__
 
+Exemplar = Callable[[], dict[str, str] | None]
+
+# Every child a model's instruments hold: (family, how it is held), in the schema's order.
+_PER_MODEL: tuple[tuple[schema.Family, schema.PerModel], ...] = tuple(
+    (family, held) for family in schema.INFERENCE_FAMILIES for held in family.per_model
+)
+
+
+class HistogramWithExemplars:
+    """A histogram child whose observations carry what ``exemplar()`` returns (``None``:
+    no exemplar), for the families whose observations link to traces."""
+
+    __slots__ = ("_exemplar", "_observe")
+
+    def __init__(self, child: Any, exemplar: Exemplar) -> None:
+        self._observe = child.observe
+        self._exemplar = exemplar
+
+    def observe(self, amount: float) -> None:
+        self._observe(amount, self._exemplar())
+
 
 class ModelInstruments:
-    """The label children of every inference family for one (source, model, version)."""
+    """The label children of every inference family for one (source, model, version).
+
+    Each is a plain slot (``m.duration``, ``m.success``, ...), named by the schema: reading
+    one on a hot path costs what any attribute read costs.
+    """
 
     __slots__ = (
+        "_exemplar_copies",
         "_failures_family",
-        "active",
-        "batch_size",
-        "duration",
-        "error",
-        "failures",
         "model_name",
         "model_version",
-        "queue_duration",
-        "queue_length",
         "source",
-        "success",
-        "tokens_input",
-        "tokens_output",
-        "ttfb",
+        *(held.attribute for _, held in _PER_MODEL),
     )
+
+    if TYPE_CHECKING:  # for type checkers only: the schema names the children's attributes
+
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init__(
         self, metrics: InferenceMetrics, source: str, model_name: str, model_version: str
@@ -44,23 +67,19 @@ class ModelInstruments:
         self.source = source
         self.model_name = model_name
         self.model_version = model_version
-        per_version = (source, model_name, model_version)
-        per_model = (source, model_name)
-        self.success = metrics.total.labels(*per_version, schema.STATUS_SUCCESS)
-        self.error = metrics.total.labels(*per_version, schema.STATUS_ERROR)
-        self._failures_family = metrics.failures
-        self.failures = {
-            reason: metrics.failures.labels(*per_version, reason)
-            for reason in schema.REASONS_BY_SOURCE.get(source, schema.FAILURE_REASONS)
-        }
-        self.duration = metrics.duration.labels(*per_version)
-        self.ttfb = metrics.ttfb.labels(*per_version)
-        self.queue_duration = metrics.queue_duration.labels(*per_model)
-        self.batch_size = metrics.batch_size.labels(*per_model)
-        self.active = metrics.active.labels(*per_model)
-        self.queue_length = metrics.queue_length.labels(*per_model)
-        self.tokens_input = metrics.tokens.labels(source, model_name, schema.TOKEN_INPUT)
-        self.tokens_output = metrics.tokens.labels(source, model_name, schema.TOKEN_OUTPUT)
+        own = (source, model_name, model_version)
+        for family, held in _PER_MODEL:
+            metric = metrics.families[family.name]
+            labels = own[: len(family.model_labels)]
+            child: Any
+            if held.by_value:
+                preset = dict(held.preset).get(source, held.by_value)
+                child = {value: metric.labels(*labels, value) for value in preset}
+            else:
+                child = metric.labels(*labels, *held.values)
+            setattr(self, held.attribute, child)
+        self._failures_family = metrics.families[schema.INFERENCE_FAILURES.name]
+        self._exemplar_copies: dict[Exemplar, ModelInstruments] = {}
 
     def record_failure(self, reason: str) -> None:
         """Count one failed inference (status=error plus its reason)."""
@@ -75,22 +94,33 @@ class ModelInstruments:
             self.failures[reason] = child
         child.inc()
 
+    def with_exemplars(self, exemplar: Exemplar) -> ModelInstruments:
+        """These children, except that the histograms of families with exemplars (the
+        latencies) observe with ``exemplar()`` as their exemplar. Callers pass
+        ``tracing.current_exemplar``: tracing never imports metrics. Cached per instance."""
+        found = self._exemplar_copies.get(exemplar)
+        if found is None:
+            found = ModelInstruments.__new__(ModelInstruments)
+            for name in ModelInstruments.__slots__:
+                setattr(found, name, getattr(self, name))
+            for family, held in _PER_MODEL:
+                if family.exemplars:
+                    child = getattr(self, held.attribute)
+                    setattr(found, held.attribute, HistogramWithExemplars(child, exemplar))
+            found._exemplar_copies = {exemplar: found}
+            self._exemplar_copies[exemplar] = found
+        return found
+
 
 class InferenceMetrics:
     """Every inference family of the schema, created once on one registry."""
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         self.registry = registry
-        created: dict[str, Any] = {f.name: f.create(registry) for f in schema.INFERENCE_FAMILIES}
-        self.total = created[schema.INFERENCE_TOTAL.name]
-        self.failures = created[schema.INFERENCE_FAILURES.name]
-        self.duration = created[schema.INFERENCE_DURATION.name]
-        self.queue_duration = created[schema.QUEUE_DURATION.name]
-        self.ttfb = created[schema.TIME_TO_FIRST_BYTE.name]
-        self.batch_size = created[schema.BATCH_SIZE.name]
-        self.active = created[schema.ACTIVE_REQUESTS.name]
-        self.queue_length = created[schema.QUEUE_LENGTH.name]
-        self.tokens = created[schema.TOKENS.name]
+        # The metric objects by family name (the per-model children come from them).
+        self.families: dict[str, Any] = {
+            family.name: family.create(registry) for family in schema.INFERENCE_FAMILIES
+        }
         build_info = schema.BUILD_INFO.create(registry)
         build_info.labels(__version__).set(1)  # type: ignore[union-attr]
         self._models: dict[tuple[str, str, str], ModelInstruments] = {}

@@ -164,6 +164,28 @@ TTFB_BUCKETS: tuple[float, ...] = (
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+# The labels that name a model, in this order at the start of an inference family's labels.
+MODEL_LABELS = ("source", "model_name", "model_version")
+
+
+@dataclass(frozen=True)
+class PerModel:
+    """How a :class:`~inferwatch.metrics.ModelInstruments` holds a family for one model: as
+    attribute ``attribute``, the child labelled with the model's own labels (as many of
+    :data:`MODEL_LABELS` as the family has) followed by ``values``.
+
+    With ``by_value`` (a family whose last label varies per observation, as failures by
+    reason): a dict of children by that label's value instead, created at zero for the values
+    ``preset`` for the model's source (all of ``by_value`` for another source) and on first
+    use for the rest.
+    """
+
+    attribute: str
+    values: tuple[str, ...] = ()
+    by_value: tuple[str, ...] = ()
+    preset: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
 @dataclass(frozen=True)
 class Family:
     """One metric family: what Prometheus will see, and how to create it."""
@@ -176,6 +198,20 @@ class Family:
     unit: str = ""
     # How gauges aggregate across processes in prometheus_client multiprocess mode.
     multiprocess_mode: str = "livesum"
+    # Inference families: the children each model's instruments hold (none: not per model).
+    per_model: tuple[PerModel, ...] = ()
+    # Observations carry the current span as exemplar (the latency histograms).
+    exemplars: bool = False
+
+    @property
+    def model_labels(self) -> tuple[str, ...]:
+        """The leading labels that name the model (source, model_name[, model_version])."""
+        count = 0
+        for label, model_label in zip(self.labels, MODEL_LABELS, strict=False):
+            if label != model_label:
+                break
+            count += 1
+        return self.labels[:count]
 
     def create(self, registry: CollectorRegistry | None) -> MetricObject:
         """Create this family on ``registry`` (``None``: create unregistered)."""
@@ -216,12 +252,16 @@ INFERENCE_TOTAL = Family(
     "counter",
     "Inference requests completed, by outcome.",
     ("source", "model_name", "model_version", "status"),
+    per_model=(PerModel("success", (STATUS_SUCCESS,)), PerModel("error", (STATUS_ERROR,))),
 )
 INFERENCE_FAILURES = Family(
     "model_inference_failures_total",
     "counter",
     "Inference requests that failed, by reason.",
     ("source", "model_name", "model_version", "reason"),
+    per_model=(
+        PerModel("failures", by_value=FAILURE_REASONS, preset=tuple(REASONS_BY_SOURCE.items())),
+    ),
 )
 INFERENCE_DURATION = Family(
     "model_inference_duration_seconds",
@@ -230,6 +270,8 @@ INFERENCE_DURATION = Family(
     ("source", "model_name", "model_version"),
     LATENCY_BUCKETS,
     unit="seconds",
+    per_model=(PerModel("duration"),),
+    exemplars=True,
 )
 QUEUE_DURATION = Family(
     "model_inference_queue_duration_seconds",
@@ -238,6 +280,8 @@ QUEUE_DURATION = Family(
     ("source", "model_name"),
     QUEUE_BUCKETS,
     unit="seconds",
+    per_model=(PerModel("queue_duration"),),
+    exemplars=True,
 )
 TIME_TO_FIRST_BYTE = Family(
     "model_inference_time_to_first_byte_seconds",
@@ -246,6 +290,8 @@ TIME_TO_FIRST_BYTE = Family(
     ("source", "model_name", "model_version"),
     TTFB_BUCKETS,
     unit="seconds",
+    per_model=(PerModel("ttfb"),),
+    exemplars=True,
 )
 BATCH_SIZE = Family(
     "model_batch_size",
@@ -253,24 +299,31 @@ BATCH_SIZE = Family(
     "Items per inference: in the request (sidecar) or in the executed batch (app).",
     ("source", "model_name"),
     BATCH_SIZE_BUCKETS,
+    per_model=(PerModel("batch_size"),),
 )
 ACTIVE_REQUESTS = Family(
     "model_active_requests",
     "gauge",
     "Inference requests in flight.",
     ("source", "model_name"),
+    per_model=(PerModel("active"),),
 )
 QUEUE_LENGTH = Family(
     "model_inference_queue_length",
     "gauge",
     "Inference requests waiting to run.",
     ("source", "model_name"),
+    per_model=(PerModel("queue_length"),),
 )
 TOKENS = Family(
     "model_inference_tokens_total",
     "counter",
     "Tokens processed, from OpenAI-style usage reports.",
     ("source", "model_name", "type"),
+    per_model=(
+        PerModel("tokens_input", (TOKEN_INPUT,)),
+        PerModel("tokens_output", (TOKEN_OUTPUT,)),
+    ),
 )
 
 INFERENCE_FAMILIES: tuple[Family, ...] = (

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate
@@ -37,8 +38,9 @@ from support.upstreams import running_upstream, v2_body
 from inferwatch import cli, monitor_inference, schema, tracing, track_inference
 from inferwatch.batching import DynamicBatcher, Overloaded
 from inferwatch.exposition.render import CONTENT_TYPE_OPENMETRICS
-from inferwatch.sidecar.app import Proxy
 from inferwatch.sidecar.config import ConfigError, load_config
+from inferwatch.sidecar.exchange import Exchanges
+from inferwatch.sidecar.proxy import ProxyHandler
 from inferwatch.sidecar.scrape import UPSTREAM_ACCEPT, UPSTREAM_ACCEPT_OPENMETRICS, UpstreamScraper
 
 OM_ACCEPT = "application/openmetrics-text;version=1.0.0"
@@ -264,9 +266,10 @@ def test_a_forked_child_builds_its_own_provider() -> None:
         pid = os.fork()
         if pid == 0:  # the child: report, then leave without running pytest's teardown
             try:
-                fresh = tracing._tracer is None
+                fresh = tracing.provider._tracer is None
                 rebuilt = tracing.tracer()
-                ok = fresh and rebuilt is not parent_tracer and tracing._provider is not None
+                built = tracing.provider._provider is not None
+                ok = fresh and rebuilt is not parent_tracer and built
                 os.write(write, b"ok" if ok else b"no")
             finally:
                 os._exit(0)
@@ -398,9 +401,8 @@ async def test_with_tracing_off_the_sidecar_runs_the_untraced_path() -> None:
     served = await start_server(CollectorRegistry())
     try:
         async with running_sidecar(served.url) as sidecar:
-            assert isinstance(sidecar.proxy, Proxy)
-            assert "_proxy" not in vars(sidecar.proxy)
-            assert "instruments" not in vars(sidecar.proxy)
+            assert type(sidecar.proxy) is ProxyHandler
+            assert type(sidecar.proxy.exchanges) is Exchanges
     finally:
         await served.stop()
 
@@ -660,14 +662,14 @@ def test_parent_based_sampling_follows_the_callers_flag() -> None:
             assert fresh is not None and fresh[3:35] != CLIENT_TRACE and fresh.endswith("-00")
     with in_memory_tracing(sampler="parentbased_always_on") as exporter:
         assert tracing.unsampled_traceparent(None) is None
-        span = tracing.start_sampled_root("root", tracing.otel_context.Context())
+        span = tracing.start_sampled_root("root", otel_context.Context())
         span.end()
         assert [s.name for s in finished(exporter)] == ["root"]
 
 
 def test_a_root_drawn_as_sampled_is_not_drawn_again() -> None:
     with in_memory_tracing(sampler="traceidratio", sampler_arg=0.0) as exporter:
-        span = tracing.start_sampled_root("forced", tracing.otel_context.Context())
+        span = tracing.start_sampled_root("forced", otel_context.Context())
         span.end()
         unforced = tracing.tracer().start_span("drawn")
         unforced.end()
