@@ -35,7 +35,7 @@ from inferwatch.generate import dashboards as dashboards_module
 from inferwatch.generate.options import GenerateOptions
 from inferwatch.server import cli as server_cli
 from inferwatch.sidecar import config as sidecar_config
-from inferwatch.sidecar.server import Sidecar
+from inferwatch.sidecar.process import Sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_KINDS = {"PodMonitor", "PrometheusRule", "ScaledObject"}

@@ -15,8 +15,8 @@ from support.prometheus import promtool_check_metrics
 from support.sidecar import metric, running_sidecar
 from support.upstreams import running_upstream, v2_body
 
+from inferwatch.runtime import start_gpu
 from inferwatch.sidecar.admin import scrape_timeout
-from inferwatch.sidecar.cli import start_gpu
 from inferwatch.sidecar.config import SidecarConfig
 
 JSON = {"Content-Type": "application/json"}

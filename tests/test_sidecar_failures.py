@@ -11,7 +11,7 @@ from support.ports import LOOPBACK, free_port
 from support.sidecar import metric, running_sidecar
 from support.upstreams import running_upstream, v2_body
 
-from inferwatch.sidecar.server import Sidecar
+from inferwatch.sidecar.process import Sidecar
 
 JSON = {"Content-Type": "application/json"}
 M = {"model_name": "resnet", "model_version": ""}

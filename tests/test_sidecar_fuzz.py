@@ -8,10 +8,11 @@ import aiohttp
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from inferwatch.sidecar.server import Sidecar
 from prometheus_client import CollectorRegistry
 from support.ports import LOOPBACK
 from support.sidecar import sidecar_config
+
+from inferwatch.sidecar.process import Sidecar
 
 PATHS = (
     "/v2/models/m/infer",

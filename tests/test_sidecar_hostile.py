@@ -24,8 +24,8 @@ from support.polling import poll
 from support.ports import LOOPBACK
 from support.sidecar import metric, running_sidecar
 
-from inferwatch.sidecar import httpserver
-from inferwatch.sidecar.server import Sidecar
+from inferwatch.sidecar import http1
+from inferwatch.sidecar.process import Sidecar
 
 LABELS = {"model_name": "m", "model_version": ""}
 INFER = b"/v2/models/m/infer"
@@ -677,7 +677,7 @@ async def gated(
 async def test_client_stalling_in_its_head_is_closed_by_the_idle_sweep(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(httpserver, "KEEPALIVE_TIMEOUT", 0.2)
+    monkeypatch.setattr(http1, "KEEPALIVE_TIMEOUT", 0.2)
     async with proxy_to() as (up, sc):
         reader, writer = await asyncio.open_connection(LOOPBACK, sc.proxy_port)
         writer.write(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: m\r\nContent-Len")
@@ -692,7 +692,7 @@ async def test_client_stalling_in_its_body_is_cut_off(monkeypatch: pytest.Monkey
     """A head promising a body that never comes: the connection is busy, so the idle sweep
     skips it, and nothing else ever ends it (it also holds a drain open until its timeout).
     Expected: it is cut like a client stalling in its head (same idle timeout here)."""
-    monkeypatch.setattr(httpserver, "KEEPALIVE_TIMEOUT", 0.2)
+    monkeypatch.setattr(http1, "KEEPALIVE_TIMEOUT", 0.2)
     async with proxy_to() as (up, sc):
         assert sc.drainer is not None
         reader, writer = await asyncio.open_connection(LOOPBACK, sc.proxy_port)

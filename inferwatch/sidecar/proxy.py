@@ -128,6 +128,19 @@ def _response_headers(raw_headers: tuple[tuple[bytes, bytes], ...]) -> list[tupl
     return kept
 
 
+def _refusal(request: Request) -> tuple[int, bytes] | None:
+    """The answer (status, body) to a request that must not be forwarded, else ``None``."""
+    if request.target[:1] != "/" or request.method == "CONNECT":
+        # Absolute-form and authority-form targets would make us an open forward proxy.
+        return 400, error_body("only origin-form requests are proxied", ERR_BAD_REQUEST)
+    if "Transfer-Encoding" in request.headers and _codings(request.headers) != ["chunked"]:
+        # RFC 9112 6.1: the sidecar removes chunked framing only; forwarding a body still in
+        # another coding (gzip, chunked) as if it were plain would change the request.
+        message = "transfer codings other than chunked are not supported"
+        return 501, error_body(message, ERR_CODING)
+    return None
+
+
 Body = bytes | StreamedBody | None
 
 
@@ -166,7 +179,10 @@ class ProxyHandler:
 
     async def __call__(self, request: Request) -> None:
         start = perf_counter()
-        if await self._refused(request):
+        refusal = _refusal(request)
+        if refusal is not None:
+            request.conn.keep_alive = False
+            await request.conn.send_json(request, *refusal)
             return
         path, _, _ = request.target.partition("?")
         probe = self._probes.get(path)
@@ -181,23 +197,6 @@ class ProxyHandler:
             await self.proxy(request, path, start)
         finally:
             drainer.finished()
-
-    @staticmethod
-    async def _refused(request: Request) -> bool:
-        """Answer a request that must not be forwarded; True if it was one."""
-        if request.target[:1] != "/" or request.method == "CONNECT":
-            # Absolute-form and authority-form targets would make us an open forward proxy.
-            status, body = 400, error_body("only origin-form requests are proxied", ERR_BAD_REQUEST)
-        elif "Transfer-Encoding" in request.headers and _codings(request.headers) != ["chunked"]:
-            # RFC 9112 6.1: the sidecar removes chunked framing only; forwarding a body still
-            # in another coding (gzip, chunked) as if it were plain would change the request.
-            message = "transfer codings other than chunked are not supported"
-            status, body = 501, error_body(message, ERR_CODING)
-        else:
-            return False
-        request.conn.keep_alive = False
-        await request.conn.send_json(request, status, body)
-        return True
 
     async def health_probe(self, request: Request) -> None:
         await request.conn.send(request, 200, "OK", _TEXT, b"ok\n")

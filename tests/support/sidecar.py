@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from inferwatch.sidecar.server import Sidecar
 from prometheus_client import CollectorRegistry
 
 from inferwatch import schema
 from inferwatch.metrics import InferenceMetrics
 from inferwatch.sidecar.config import Address, SidecarConfig
+from inferwatch.sidecar.process import Sidecar
 from support.http import wait_for_http
 from support.ports import LOOPBACK, free_port
 from support.processes import inferwatch_command, stop_process
