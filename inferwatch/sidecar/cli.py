@@ -47,18 +47,20 @@ def _config(args: argparse.Namespace) -> config_module.SidecarConfig | None:
     try:
         config = config_module.load_config(flags)
     except config_module.ConfigError as exc:
-        return _bad("configuration", exc)
+        _bad("configuration", exc)
+        return None
     try:
         runtime.check_tracing(config.tracing)
     except ValueError as exc:
-        return _bad("tracing configuration", exc)
+        _bad("tracing configuration", exc)
+        return None
     try:
         runtime.check_otlp_metrics(config.otlp_metrics)
     except ValueError as exc:
-        return _bad("OTLP metrics configuration", exc)
+        _bad("OTLP metrics configuration", exc)
+        return None
     return config
 
 
 def _bad(what: str, exc: Exception) -> None:
     print(f"{COMMAND}: bad {what}: {exc}", file=sys.stderr)
-    return None
