@@ -232,6 +232,21 @@ async def test_coroutines_generators_and_blocks_get_spans(registry: CollectorReg
         assert exemplars(text, schema.TIME_TO_FIRST_BYTE.name, model_name=name) == expected
 
 
+def test_a_stream_closed_early_marks_its_span_cancelled(registry: CollectorRegistry) -> None:
+    @monitor_inference(model_name="gen", registry=registry)
+    def gen(items: list[int]) -> Any:
+        yield from items
+
+    with in_memory_tracing() as exporter:
+        stream = gen([1, 2, 3])
+        assert next(stream) == 1
+        stream.close()
+        (span,) = finished(exporter)
+    assert span.attributes["inference.batch_size"] == 3
+    assert span.attributes["error.type"] == "cancelled"
+    assert span.status.status_code == trace.StatusCode.ERROR
+
+
 def test_unsampled_spans_give_no_exemplars(registry: CollectorRegistry) -> None:
     @monitor_inference(model_name="m", registry=registry)
     def predict(items: list[int]) -> list[int]:
