@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
@@ -30,14 +29,13 @@ from typing import Any
 
 from bench_sidecar import (
     LOOPBACK,
-    REQUEST,
     UPSTREAM_CONF,
-    children,
-    cpu_seconds,
     free_port,
+    load_files,
     nginx,
     post,
     saturation,
+    tree_cpu_seconds,
     wait_listening,
 )
 
@@ -139,7 +137,8 @@ def otlp_receiver() -> Iterator[str]:
 @contextmanager
 def traced_sidecar(
     upstream_port: int, port: int, sampler: tuple[str, float] | None, endpoint: str
-) -> Iterator[list[int]]:
+) -> Iterator[int]:
+    """The sidecar's pid, once it has recorded a request."""
     admin = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     flags = ["--no-tracing"]
@@ -160,41 +159,30 @@ def traced_sidecar(
     ]
     proc = subprocess.Popen(cmd, env=env)
     try:
-        wait_listening(port)
-        wait_listening(admin)
+        wait_listening(port, proc)
+        wait_listening(admin, proc)
         post(port)
         with urllib.request.urlopen(f"http://{LOOPBACK}:{admin}/metrics", timeout=5) as resp:
             if 'model_name="resnet"' not in resp.read().decode():
                 raise RuntimeError("the sidecar did not record the request")
-        yield [proc.pid, *children(proc.pid)]
+        yield proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
 def sidecar_rows(seconds: float) -> dict[str, tuple[float, float]]:
-    tmp = tempfile.mkdtemp(prefix="bench-tracing-")
-    lua = os.path.join(tmp, "post.lua")
-    with open(lua, "w") as handle:
-        handle.write(
-            'wrk.method = "POST"\n'
-            f"wrk.body = '{REQUEST.decode()}'\n"
-            'wrk.headers["Content-Type"] = "application/json"\n'
-        )
     rows: dict[str, tuple[float, float]] = {}
-    try:
-        up_port = free_port()
-        with otlp_receiver() as endpoint, nginx(UPSTREAM_CONF, up_port):
-            post(up_port)
-            for mode, sampler in MODES.items():
-                port = free_port()
-                with traced_sidecar(up_port, port, sampler, endpoint) as pids:
-                    before = cpu_seconds(pids)
-                    rps = saturation(port, seconds, lua)
-                    used = cpu_seconds(pids) - before
-                    rows[mode] = (rps, used / (rps * seconds) * 1e6)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    up_port = free_port()
+    with load_files() as files, otlp_receiver() as endpoint, nginx(UPSTREAM_CONF, up_port):
+        post(up_port)
+        for mode, sampler in MODES.items():
+            port = free_port()
+            with traced_sidecar(up_port, port, sampler, endpoint) as pid:
+                before = tree_cpu_seconds(pid)
+                rps = saturation(port, seconds, files, f"tracing {mode}")
+                used = tree_cpu_seconds(pid) - before
+                rows[mode] = (rps, used / (rps * seconds) * 1e6)
     return rows
 
 
