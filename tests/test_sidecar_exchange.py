@@ -1,0 +1,135 @@
+"""The measured exchange on its own: each transition's metric updates, with no transport."""
+
+from __future__ import annotations
+
+import inspect
+from time import perf_counter
+
+import pytest
+from prometheus_client import CollectorRegistry
+from support.metrics import value
+
+from inferwatch import schema
+from inferwatch.metrics import BoundedLabel, inference_metrics
+from inferwatch.sidecar.exchange import NO_EXCHANGE, Exchange, Exchanges, NullExchange
+
+SIDECAR = {"source": schema.SOURCE_SIDECAR}
+MODEL = {**SIDECAR, "model_name": "resnet"}
+VERSIONED = {**MODEL, "model_version": "2"}
+
+
+@pytest.fixture
+def exchanges(registry: CollectorRegistry) -> Exchanges:
+    return Exchanges(
+        inference_metrics(registry),
+        schema.SOURCE_SIDECAR,
+        "unknown",
+        BoundedLabel(2),
+        BoundedLabel(10),
+    )
+
+
+def count(registry: CollectorRegistry, family: schema.Family, **labels: str) -> float:
+    return value(registry, family.count, **labels)
+
+
+def test_an_answered_inference_records_every_family_once(
+    registry: CollectorRegistry, exchanges: Exchanges
+) -> None:
+    exchange = exchanges.open("resnet", "2", 8, perf_counter())
+    exchange.queued()
+    assert value(registry, schema.QUEUE_LENGTH.name, **MODEL) == 1
+    exchange.admitted()
+    exchange.forwarding()
+    assert value(registry, schema.ACTIVE_REQUESTS.name, **MODEL) == 1
+    exchange.first_byte()
+    exchange.tokens(3, 5)
+    exchange.forwarded()
+    exchange.succeeded()
+
+    assert value(registry, schema.QUEUE_LENGTH.name, **MODEL) == 0
+    assert value(registry, schema.ACTIVE_REQUESTS.name, **MODEL) == 0
+    assert count(registry, schema.QUEUE_DURATION, **MODEL) == 1
+    assert value(registry, schema.BATCH_SIZE.sum, **MODEL) == 8
+    assert count(registry, schema.TIME_TO_FIRST_BYTE, **VERSIONED) == 1
+    assert count(registry, schema.INFERENCE_DURATION, **VERSIONED) == 1
+    assert value(registry, schema.TOKENS.name, **MODEL, type=schema.TOKEN_INPUT) == 3
+    assert value(registry, schema.TOKENS.name, **MODEL, type=schema.TOKEN_OUTPUT) == 5
+    assert value(registry, schema.INFERENCE_TOTAL.name, **VERSIONED, status="success") == 1
+    assert value(registry, schema.INFERENCE_TOTAL.name, **VERSIONED, status="error") == 0
+
+
+def test_admitted_at_once_waited_zero(registry: CollectorRegistry, exchanges: Exchanges) -> None:
+    exchanges.open("resnet", None, None, perf_counter()).admitted()
+    assert count(registry, schema.QUEUE_DURATION, **MODEL) == 1
+    assert value(registry, schema.QUEUE_DURATION.sum, **MODEL) == 0
+    assert value(registry, schema.QUEUE_LENGTH.name, **MODEL) == 0
+    assert count(registry, schema.BATCH_SIZE, **MODEL) == 0  # no batch size: none observed
+
+
+@pytest.mark.parametrize("waited", [True, False])
+def test_rejected_leaves_the_queue_and_counts_rejected(
+    registry: CollectorRegistry, exchanges: Exchanges, waited: bool
+) -> None:
+    exchange = exchanges.open("resnet", "2", 1, perf_counter())
+    exchange.queued()
+    exchange.rejected(waited)
+    assert value(registry, schema.QUEUE_LENGTH.name, **MODEL) == 0
+    # A full queue turned it away at once: no wait to measure.
+    assert count(registry, schema.QUEUE_DURATION, **MODEL) == (1 if waited else 0)
+    assert count(registry, schema.INFERENCE_DURATION, **VERSIONED) == 1
+    failures = schema.INFERENCE_FAILURES.name
+    assert value(registry, failures, **VERSIONED, reason=schema.REASON_REJECTED) == 1
+    assert value(registry, schema.INFERENCE_TOTAL.name, **VERSIONED, status="error") == 1
+
+
+def test_cancelled_in_the_queue_leaves_it(
+    registry: CollectorRegistry, exchanges: Exchanges
+) -> None:
+    exchange = exchanges.open("resnet", "2", 1, perf_counter())
+    exchange.queued()
+    exchange.failed(schema.REASON_CANCELLED)
+    assert value(registry, schema.QUEUE_LENGTH.name, **MODEL) == 0
+    assert count(registry, schema.QUEUE_DURATION, **MODEL) == 0
+    failures = schema.INFERENCE_FAILURES.name
+    assert value(registry, failures, **VERSIONED, reason=schema.REASON_CANCELLED) == 1
+
+
+def test_model_labels_are_bounded(registry: CollectorRegistry, exchanges: Exchanges) -> None:
+    for name in ("a", "b", "c", "d"):
+        exchanges.open(name, None, None, perf_counter()).succeeded()
+    exchanges.open(None, None, None, perf_counter()).succeeded()  # no name: the default
+    total = schema.INFERENCE_TOTAL.name
+    seen = {
+        name: value(registry, total, **SIDECAR, model_name=name, model_version="", status="success")
+        for name in ("a", "b", "c", "d", schema.OTHER, "unknown")
+    }
+    assert seen == {"a": 1, "b": 1, "c": 0, "d": 0, schema.OTHER: 3, "unknown": 0}
+
+
+def test_the_null_exchange_overrides_every_transition() -> None:
+    transitions = {
+        name
+        for name, member in inspect.getmembers(Exchange, inspect.isfunction)
+        if not name.startswith("_")
+    }
+    assert transitions >= {"queued", "admitted", "rejected", "succeeded", "failed"}
+    inherited = {name for name in transitions if name not in vars(NullExchange)}
+    assert inherited == set()
+    assert isinstance(NO_EXCHANGE, NullExchange)
+
+
+def test_the_null_exchange_records_nothing(registry: CollectorRegistry) -> None:
+    inference_metrics(registry)
+    before = {s.name: s.value for f in registry.collect() for s in f.samples}
+    NO_EXCHANGE.queued()
+    NO_EXCHANGE.admitted()
+    NO_EXCHANGE.forwarding()
+    NO_EXCHANGE.first_byte()
+    NO_EXCHANGE.tokens(1, 1)
+    NO_EXCHANGE.forwarded()
+    NO_EXCHANGE.rejected(True)
+    NO_EXCHANGE.failed(schema.REASON_SERVER_ERROR)
+    NO_EXCHANGE.succeeded()
+    after = {s.name: s.value for f in registry.collect() for s in f.samples}
+    assert after == before
