@@ -23,13 +23,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install
 from support.http import serving
 from support.polling import poll
 from support.ports import LOOPBACK, free_port
+from support.prometheus import running_prometheus
 from support.sidecar import running_sidecar
 
 from inferwatch import generate, monitor_inference
@@ -203,7 +203,7 @@ async def test_dashboards_rules_adapter_and_alerts_live(
         files = generate.render(options)
         for name in (generate.RECORDING_RULES, generate.ALERTING_RULES, generate.ALERTMANAGER):
             (tmp_path / Path(name).name).write_text(files[name])
-        am_port, prom_port = free_port(), free_port()
+        am_port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [Path(generate.RECORDING_RULES).name, Path(generate.ALERTING_RULES).name],
@@ -227,8 +227,6 @@ async def test_dashboards_rules_adapter_and_alerts_live(
                 },
             ],
         }
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-        prom = f"http://{LOOPBACK}:{prom_port}"
         async with (
             process(
                 [
@@ -240,27 +238,11 @@ async def test_dashboards_rules_adapter_and_alerts_live(
                 ],
                 tmp_path / "alertmanager.log",
             ),
-            process(
-                [
-                    prometheus,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address={LOOPBACK}:{prom_port}",
-                ],
-                tmp_path / "prometheus.log",
-            ),
+            running_prometheus(prometheus, config, tmp_path, ready_timeout=30) as running,
             aiohttp.ClientSession() as http,
         ):
+            prom = running.url
             proxy = f"http://{LOOPBACK}:{sidecar.proxy_port}"
-
-            async def ready() -> bool:
-                try:
-                    async with http.get(f"{prom}/-/ready") as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await poll(ready, "Prometheus to start", timeout=30, interval=0.25)
 
             async def infer(batch: int, fail: bool = False) -> int:
                 body = {"inputs": [{"name": "x", "shape": [batch, 1], "datatype": "FP32"}]}

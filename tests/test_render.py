@@ -5,13 +5,13 @@ from __future__ import annotations
 import http.server
 import json
 import math
-import socket
 import threading
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.ports import LOOPBACK, free_port
 
 from inferwatch import cli
 from inferwatch.render import format_value, panels, substitute
@@ -44,12 +44,10 @@ def test_panels_inside_rows_are_drawn() -> None:
 def test_unreachable_prometheus_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     out = tmp_path / "x.png"
     code = cli.main(
-        ["dashboards", "render", "--prometheus", f"http://127.0.0.1:{port}", "--out", str(out)]
+        ["dashboards", "render", "--prometheus", f"http://{LOOPBACK}:{port}", "--out", str(out)]
     )
     assert code == 1
     assert "inferwatch dashboards render:" in capsys.readouterr().err

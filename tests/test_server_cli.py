@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -13,11 +12,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 import torch
+from support.ports import LOOPBACK
+from support.processes import inferwatch_command, serve_process
 
 from inferwatch.server.app import TEXT_MODEL, ServerConfig, build_runners
 from inferwatch.server.models import MODEL_SIZES, TextClassifier
 
-SERVE = [sys.executable, "-m", "inferwatch", "serve", "--host", "127.0.0.1", "--port", "0"]
+SERVE = inferwatch_command("serve", "--host", LOOPBACK, "--port", "0")
 
 
 def test_parser_does_not_import_torch() -> None:
@@ -32,28 +33,12 @@ def test_parser_does_not_import_torch() -> None:
     assert done.stdout.split() == ["8", "(2,", "4)", "5.0", "8000"]
 
 
-async def _read_port(process: asyncio.subprocess.Process) -> int:
-    assert process.stdout is not None
-    line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-    found = re.search(r"listening on http://127\.0\.0\.1:(\d+) \(device cpu\)", line)
-    assert found, line
-    return int(found.group(1))
-
-
 async def test_sigterm_finishes_requests_in_flight_and_exits_0() -> None:
-    process = await asyncio.create_subprocess_exec(
-        *SERVE,
-        "--model-size",
-        "tiny",
-        "--device",
-        "cpu",
-        "--max-queue-delay-ms",
-        "60000",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        url = f"http://127.0.0.1:{await _read_port(process)}"
+    async with serve_process(
+        *("--model-size", "tiny", "--device", "cpu", "--max-queue-delay-ms", "60000")
+    ) as served:
+        assert served.device == "cpu"
+        url = served.url
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
 
             async def ready() -> bool:
@@ -82,16 +67,12 @@ async def test_sigterm_finishes_requests_in_flight_and_exits_0() -> None:
                     break
                 await asyncio.sleep(0.01)
             assert queued in (await scrape()).splitlines()
-            process.send_signal(signal.SIGTERM)
+            served.process.send_signal(signal.SIGTERM)
             responses = await asyncio.gather(*requests)
             bodies = [await r.json() for r in responses]
             assert [r.status for r in responses] == [200] * 4
             assert all(set(b) == {"label", "score", "top_k", "probabilities"} for b in bodies)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await asyncio.wait_for(served.process.wait(), 30) == 0
 
 
 def _run_serve(*flags: str) -> subprocess.CompletedProcess[str]:

@@ -8,11 +8,9 @@ import aiohttp
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
+from support.http import serving
 from support.ports import LOOPBACK
-from support.sidecar import sidecar_config
-
-from inferwatch.sidecar.process import Sidecar
+from support.sidecar import running_sidecar
 
 PATHS = (
     "/v2/models/m/infer",
@@ -77,26 +75,20 @@ async def test_any_body_is_forwarded_untouched_and_counted_once(
 ) -> None:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, LOOPBACK, 0).start()
-    upstream = f"http://{LOOPBACK}:{runner.addresses[0][1]}"
-    sidecar = Sidecar(sidecar_config(upstream, upstream_ready_path=""), CollectorRegistry())
-    await sidecar.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            for path, body, content_type, triton_header in requests:
-                headers = {"Content-Type": content_type} if content_type else {}
-                if triton_header:
-                    headers["Inference-Header-Content-Length"] = triton_header
-                async with session.post(
-                    f"http://{LOOPBACK}:{sidecar.proxy_port}{path}", data=body, headers=headers
-                ) as resp:
-                    assert resp.status == 200
-                    assert await resp.read() == body
-    finally:
-        await sidecar.stop()
-        await runner.cleanup()
+    async with (
+        serving(app, shutdown_timeout=0.1) as upstream,
+        running_sidecar(upstream, upstream_ready_path="") as sidecar,
+        aiohttp.ClientSession() as session,
+    ):
+        for path, body, content_type, triton_header in requests:
+            headers = {"Content-Type": content_type} if content_type else {}
+            if triton_header:
+                headers["Inference-Header-Content-Length"] = triton_header
+            async with session.post(
+                f"http://{LOOPBACK}:{sidecar.proxy_port}{path}", data=body, headers=headers
+            ) as resp:
+                assert resp.status == 200
+                assert await resp.read() == body
     counted = sum(
         s.value
         for family in sidecar.registry.collect()

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from support.http import serving
 from support.ports import LOOPBACK
 from support.sidecar import metric, running_sidecar
 from support.upstreams import running_upstream, v2_body
@@ -160,24 +161,17 @@ async def test_upstream_that_closes_after_each_answer_is_not_reused() -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", closing)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, LOOPBACK, 0).start()
-    url = f"http://{LOOPBACK}:{runner.addresses[0][1]}"
-    try:
-        async with running_sidecar(url, upstream_ready_path="") as sc:
-            async with aiohttp.ClientSession() as session:
-                for _ in range(5):
-                    async with session.post(
-                        f"http://{LOOPBACK}:{sc.proxy_port}/v2/models/m/infer", data=v2_body(1)
-                    ) as resp:
-                        assert resp.status == 200
-                        assert "Connection" not in resp.headers  # hop-by-hop: not relayed
-            assert sc.proxy is not None and sc.proxy.pool.opened == 5
-            labels = {"model_name": "m", "model_version": ""}
-            assert metric(sc, "model_inference_total", status="success", **labels) == 5
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url, running_sidecar(url, upstream_ready_path="") as sc:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(5):
+                async with session.post(
+                    f"http://{LOOPBACK}:{sc.proxy_port}/v2/models/m/infer", data=v2_body(1)
+                ) as resp:
+                    assert resp.status == 200
+                    assert "Connection" not in resp.headers  # hop-by-hop: not relayed
+        assert sc.proxy is not None and sc.proxy.pool.opened == 5
+        labels = {"model_name": "m", "model_version": ""}
+        assert metric(sc, "model_inference_total", status="success", **labels) == 5
 
 
 async def test_client_leaving_mid_upload_disturbs_nothing() -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,8 +30,13 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
-from support.ports import free_port
-from support.prometheus import promtool_check_metrics
+from support.http import serving
+from support.prometheus import (
+    promtool_check_metrics,
+    promtool_status,
+    running_prometheus,
+    scrape_config,
+)
 from support.sidecar import own_registry
 
 from inferwatch import schema
@@ -130,20 +133,6 @@ ACCEPTS = web.AppKey("accepts", list)
 # --- helpers ----------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    """Run ``app`` on an ephemeral loopback port; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
 def fixed(body: bytes, content_type: str = "text/plain; version=0.0.4", status: int = 200,
           headers: dict[str, str] | None = None) -> web.Application:  # fmt: skip
     """An upstream whose /metrics always answers the same; records the Accept it got."""
@@ -203,11 +192,8 @@ async def scrape_with(
 
 def promtool_problems(promtool: str, text: str) -> tuple[int, set[str]]:
     """promtool's exit status and complaints: 0 clean, 3 lint only, 1 unparseable."""
-    done = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
-    )
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    return done.returncode, {line.strip() for line in lines if line.strip()}
+    status, complaints = promtool_status(promtool, text)
+    return status, {line.strip() for line in complaints.splitlines() if line.strip()}
 
 
 def series(text: str, om: bool = False) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -244,7 +230,7 @@ async def test_without_upstream_the_output_is_client_pythons_own() -> None:
 
 async def test_an_empty_upstream_adds_only_the_error_counter_to_client_pythons_output() -> None:
     registry = own_registry()
-    async with serve(fixed(b"")) as url:
+    async with serving(fixed(b"")) as url:
         text, _ = await scrape(registry, url + "/metrics")
     errors = "".join(
         f'inferwatch_upstream_scrape_errors_total{{reason="{reason}"}} 0.0\n'
@@ -261,7 +247,7 @@ async def test_an_empty_upstream_adds_only_the_error_counter_to_client_pythons_o
 
 async def test_triton_text_keeps_types_help_and_values_and_passes_promtool(promtool: str) -> None:
     registry = own_registry()
-    async with serve(fixed(TRITON.encode())) as url:
+    async with serving(fixed(TRITON.encode())) as url:
         text, content_type = await scrape(registry, url + "/metrics")
     assert content_type == CONTENT_TYPE_TEXT
     kinds = types(text)
@@ -285,7 +271,7 @@ async def test_triton_text_keeps_types_help_and_values_and_passes_promtool(promt
 
 
 async def test_torchserve_trailing_commas_are_survived(promtool: str) -> None:
-    async with serve(fixed(TORCHSERVE.encode())) as url:
+    async with serving(fixed(TORCHSERVE.encode())) as url:
         text, _ = await scrape(own_registry(), url + "/metrics")
     assert (
         'ts_inference_requests_total{uuid="e8a5c1b6-3f5e",model_name="mnist",'
@@ -346,7 +332,7 @@ def vllm_registry() -> CollectorRegistry:
 
 
 async def test_vllm_to_an_openmetrics_scraper_keeps_colon_names() -> None:
-    async with serve(negotiating(vllm_registry())) as url:
+    async with serving(negotiating(vllm_registry())) as url:
         text, content_type = await scrape(own_registry(), url + "/metrics", PROMETHEUS_ACCEPT)
     assert content_type == CONTENT_TYPE_OPENMETRICS
     assert text.endswith("# EOF\n") and text.count("# EOF") == 1
@@ -373,7 +359,7 @@ async def test_an_openmetrics_upstream_keeps_units_and_exemplars() -> None:
     )
     latency.observe(0.05, {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"})
     body = om_exposition.generate_latest(registry)  # answered whatever was asked
-    async with serve(fixed(body, CONTENT_TYPE_OPENMETRICS)) as url:
+    async with serving(fixed(body, CONTENT_TYPE_OPENMETRICS)) as url:
         text, _ = await scrape(own_registry(), url + "/metrics", PROMETHEUS_ACCEPT)
     families = {f.name: f for f in om_parse(text)}
     family = families["app_latency_seconds"]
@@ -384,14 +370,14 @@ async def test_an_openmetrics_upstream_keeps_units_and_exemplars() -> None:
     assert bucket.exemplar.labels == {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
     assert bucket.exemplar.value == 0.05
     # and to a text scraper: the same series, no exemplar
-    async with serve(fixed(body, CONTENT_TYPE_OPENMETRICS)) as url:
+    async with serving(fixed(body, CONTENT_TYPE_OPENMETRICS)) as url:
         text, _ = await scrape(own_registry(), url + "/metrics", TEXT_ACCEPT)
     assert 'app_latency_seconds_bucket{le="0.1"} 1.0\n' in text
     assert types(text)["app_latency_seconds"] == "histogram"
 
 
 async def test_vllm_to_a_text_scraper(promtool: str) -> None:
-    async with serve(negotiating(vllm_registry())) as url:
+    async with serving(negotiating(vllm_registry())) as url:
         text, content_type = await scrape(own_registry(), url + "/metrics", TEXT_ACCEPT)
     assert content_type == CONTENT_TYPE_TEXT
     kinds = types(text)
@@ -409,7 +395,7 @@ async def test_vllm_to_a_text_scraper(promtool: str) -> None:
 
 
 async def test_text_upstream_to_openmetrics_never_renames_a_series() -> None:
-    async with serve(fixed((TRITON + MLSERVER).encode())) as url:
+    async with serving(fixed((TRITON + MLSERVER).encode())) as url:
         text, _ = await scrape(own_registry(), url + "/metrics", PROMETHEUS_ACCEPT)
     families = {f.name: f for f in om_parse(text)}
     # Triton's counters have no _total: as OpenMetrics counters their series would be renamed
@@ -429,7 +415,7 @@ async def test_text_upstream_to_openmetrics_never_renames_a_series() -> None:
 
 async def test_untyped_families_stay_untyped(promtool: str) -> None:
     body = b"# HELP jobs_total Jobs seen.\n# TYPE jobs_total untyped\njobs_total 5\nloose 1\n"
-    async with serve(fixed(body)) as url:
+    async with serving(fixed(body)) as url:
         text, _ = await scrape(own_registry(), url + "/metrics")
     assert "# HELP jobs_total Jobs seen.\n# TYPE jobs_total untyped\njobs_total 5.0\n" in text
     assert "# TYPE loose untyped\nloose 1.0\n" in text
@@ -452,7 +438,7 @@ def app_registry() -> CollectorRegistry:
 
 @pytest.mark.parametrize("accept", [TEXT_ACCEPT, PROMETHEUS_ACCEPT])
 async def test_the_apps_inferwatch_families_join_the_sidecars(promtool: str, accept: str) -> None:
-    async with serve(negotiating(app_registry())) as url:
+    async with serving(negotiating(app_registry())) as url:
         text, _ = await scrape(own_registry(), url + "/metrics", accept)
     om = accept == PROMETHEUS_ACCEPT
     total = "model_inference" if om else "model_inference_total"
@@ -479,7 +465,7 @@ async def test_a_colliding_family_of_another_type_is_left_out_for_ours(promtool:
         b"# HELP kept Kept.\n# TYPE kept gauge\nkept 2\n"
     )
     registry = own_registry()
-    async with serve(fixed(body)) as url:
+    async with serving(fixed(body)) as url:
         text, _ = await scrape(registry, url + "/metrics")
     got = series(text)
     assert ("model_inference_total", (("model_name", "x"),)) not in got
@@ -497,13 +483,13 @@ async def test_a_colliding_family_of_another_type_is_left_out_for_ours(promtool:
 async def expect_failure(app: web.Application | None, reason: str, timeout: float = 5.0) -> None:
     registry = own_registry()
     if app is None:  # nothing listens: bind a port, then close it
-        async with serve(web.Application()) as url:
+        async with serving(web.Application()) as url:
             pass
         async with upstream_scraper(url + "/metrics") as scraper:
             text, _ = await scrape_with(scraper, registry, timeout=timeout)
         counts = scraper.errors
     else:
-        async with serve(app) as url, upstream_scraper(url + "/metrics") as scraper:
+        async with serving(app) as url, upstream_scraper(url + "/metrics") as scraper:
             text, _ = await scrape_with(scraper, registry, timeout=timeout)
             text2, _ = await scrape_with(scraper, registry, timeout=timeout)
             counts = scraper.errors
@@ -564,7 +550,7 @@ async def test_gzip_bomb_is_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_gzip_from_the_upstream_is_decoded() -> None:
     app = fixed(gzip.compress(TRITON.encode()), headers={"Content-Encoding": "gzip"})
-    async with serve(app) as url, upstream_scraper(url + "/metrics") as scraper:
+    async with serving(app) as url, upstream_scraper(url + "/metrics") as scraper:
         text, _ = await scrape_with(scraper, own_registry())
         assert scraper.errors[schema.SCRAPE_INVALID] == 0
     assert {k: v for k, v in series(text).items() if k[0].startswith("nv_")} == series(TRITON)
@@ -572,7 +558,7 @@ async def test_gzip_from_the_upstream_is_decoded() -> None:
 
 async def test_the_upstream_is_asked_for_the_text_format() -> None:
     app = fixed(TORCHSERVE.encode())
-    async with serve(app) as url:
+    async with serving(app) as url:
         await scrape(own_registry(), url + "/metrics", TEXT_ACCEPT)
     assert app[ACCEPTS] == ["text/plain;version=0.0.4;q=1.0,*/*;q=0.1"]
 
@@ -686,10 +672,7 @@ def test_rendering_our_own_families_is_byte_identical_to_client_python() -> None
 # --- a real Prometheus scrapes the merged endpoint ----------------------------------------------
 
 
-async def test_prometheus_ingests_the_merged_openmetrics(tmp_path: Path) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.fail("prometheus is not installed: run `make test`, which installs it")
+async def test_prometheus_ingests_the_merged_openmetrics(tmp_path: Path, prometheus: str) -> None:
     upstream_text = TRITON + TORCHSERVE + MLSERVER + generate_latest(vllm_registry()).decode()
     registry = own_registry()
     accepts: list[str] = []
@@ -705,35 +688,19 @@ async def test_prometheus_ingests_the_merged_openmetrics(tmp_path: Path) -> None
 
     admin = web.Application()
     admin.router.add_get("/metrics", admin_metrics)
-    port = free_port()
     async with (
         aiohttp.ClientSession() as session,
-        serve(fixed(upstream_text.encode())) as upstream,
-        serve(admin) as admin_url,
+        serving(fixed(upstream_text.encode())) as upstream,
+        serving(admin) as admin_url,
     ):
         scraper = UpstreamScraper(session, upstream + "/metrics")
-        target = admin_url.removeprefix("http://")
-        config = (
-            "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
-            f"scrape_configs: [{{job_name: pod, static_configs: [{{targets: ['{target}']}}]}}]\n"
-        )
-        (tmp_path / "prometheus.yml").write_text(config)
-        log = (tmp_path / "prometheus.log").open("wb")
-        process = await asyncio.create_subprocess_exec(
-            prometheus,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            stdout=log,
-            stderr=log,
-        )
-        try:
-            api = f"http://127.0.0.1:{port}/api/v1"
+        config = scrape_config(admin_url.removeprefix("http://"))
+        async with running_prometheus(prometheus, config, tmp_path) as prom:
 
             async def query(expr: str) -> dict[str, float]:
                 """{metric labels as text: value} of an instant query; {} until ingested."""
                 try:
-                    async with session.get(api + "/query", params={"query": expr}) as response:
+                    async with session.get(prom.api + "/query", params={"query": expr}) as response:
                         if response.status != 200:
                             return {}
                         result = (await response.json())["data"]["result"]
@@ -743,7 +710,7 @@ async def test_prometheus_ingests_the_merged_openmetrics(tmp_path: Path) -> None
 
             deadline = asyncio.get_running_loop().time() + 60
             while not await query('up{job="pod"} == 1'):
-                assert process.returncode is None, (tmp_path / "prometheus.log").read_text()
+                prom.assert_running()
                 assert asyncio.get_running_loop().time() < deadline, "no successful scrape"
                 await asyncio.sleep(0.2)
             assert accepts[0].startswith("application/openmetrics-text")  # Prometheus asked OM
@@ -764,7 +731,3 @@ async def test_prometheus_ingests_the_merged_openmetrics(tmp_path: Path) -> None
             samples = sum(len(f.samples) for f in om_parse(merged))
             scraped = await query('scrape_samples_scraped{job="pod"}')
             assert list(scraped.values()) == [float(samples)]
-        finally:
-            process.terminate()
-            await process.wait()
-            log.close()

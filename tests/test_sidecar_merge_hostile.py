@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -21,7 +20,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families as text_parse
+from support.http import serving
 from support.ports import LOOPBACK
+from support.prometheus import promtool_status
 from support.sidecar import own_registry, running_sidecar
 
 from inferwatch import schema
@@ -46,15 +47,11 @@ async def upstream(handler: Handler) -> AsyncIterator[UpstreamScraper]:
     """``handler`` as an upstream's /metrics on an ephemeral port; yields a scraper of it."""
     app = web.Application()
     app.router.add_get("/metrics", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, 0)
-    await site.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield UpstreamScraper(session, f"http://{LOOPBACK}:{runner.addresses[0][1]}/metrics")
-    finally:
-        await runner.cleanup()
+    async with (
+        serving(app, shutdown_timeout=0.2, handler_cancellation=True) as url,
+        aiohttp.ClientSession() as session,
+    ):
+        yield UpstreamScraper(session, f"{url}/metrics")
 
 
 def answering(body: bytes, content_type: str = TEXT_TYPE, **headers: str) -> Handler:
@@ -103,14 +100,6 @@ async def scrape(
 def errors(scraper: UpstreamScraper) -> dict[str, int]:
     """Non-zero scrape error counts of ``scraper``."""
     return {reason: n for reason, n in scraper.errors.items() if n}
-
-
-def promtool_status(promtool: str, text: str) -> tuple[int, str]:
-    """promtool's exit status (0 clean, 3 lint only, 1 unparseable) and its complaints."""
-    done = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
-    )
-    return done.returncode, (done.stdout + done.stderr).strip()
 
 
 def assert_parseable(promtool: str, text: str, accept: str) -> None:
@@ -560,20 +549,16 @@ async def test_a_running_sidecar_serves_no_forged_sidecar_counter() -> None:
     )
     app = web.Application()
     app.router.add_get("/metrics", answering(forged))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, 0)
-    await site.start()
-    base = f"http://{LOOPBACK}:{runner.addresses[0][1]}"
-    try:
-        async with running_sidecar(base) as sidecar, aiohttp.ClientSession() as session:
-            url = f"http://{LOOPBACK}:{sidecar.admin_port}/metrics"
-            async with session.get(url, headers={"Accept": TEXT_ACCEPT}) as response:
-                assert response.status == 200
-                text = await response.text()
-            own = generate_latest(sidecar.registry).decode()
-    finally:
-        await runner.cleanup()
+    async with (
+        serving(app, shutdown_timeout=0.2) as base,
+        running_sidecar(base) as sidecar,
+        aiohttp.ClientSession() as session,
+    ):
+        url = f"http://{LOOPBACK}:{sidecar.admin_port}/metrics"
+        async with session.get(url, headers={"Accept": TEXT_ACCEPT}) as response:
+            assert response.status == 200
+            text = await response.text()
+        own = generate_latest(sidecar.registry).decode()
     assert "inferwatch_upstream_up" in text  # the sidecar's own families are served
     assert 'model_name="victim"' not in own  # the sidecar never saw such a request...
     assert 'model_name="victim"' not in text  # ...so it must not claim one

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,11 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
-from support.http import wait_for_http
+from support.http import serving
 from support.model_server import TEXT_MODEL, start_server
-from support.ports import free_port
-from support.processes import stop_process
+from support.ports import LOOPBACK, free_port
+from support.processes import serve_process
+from support.prometheus import running_prometheus, scrape_config
 from support.sidecar import running_sidecar, sidecar_process
 from support.tracing import (
     SPAN_KIND_SERVER,
@@ -339,7 +338,7 @@ async def test_a_batch_span_links_the_requests_it_ran(registry: CollectorRegistr
 # --- the merge keeps the app's exemplars --------------------------------------------------------
 
 
-async def _serve_metrics(body: bytes, content_type: str, accepts: list[str]) -> web.AppRunner:
+def _metrics_app(body: bytes, content_type: str, accepts: list[str]) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         accepts.append(request.headers.get("Accept", ""))
         wants_om = "openmetrics" in request.headers.get("Accept", "")
@@ -347,10 +346,7 @@ async def _serve_metrics(body: bytes, content_type: str, accepts: list[str]) -> 
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner
+    return app
 
 
 async def test_the_merge_keeps_the_apps_exemplars() -> None:
@@ -359,14 +355,12 @@ async def test_the_merge_keeps_the_apps_exemplars() -> None:
         0.5, {"trace_id": CLIENT_TRACE, "span_id": CLIENT_SPAN}
     )
     accepts: list[str] = []
-    runner = await _serve_metrics(om_generate(app), CONTENT_TYPE_OPENMETRICS, accepts)
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
-    try:
-        async with aiohttp.ClientSession() as session:
-            scraper = UpstreamScraper(session, url)
-            body, _ = await scraper.exposition(CollectorRegistry(), OM_ACCEPT, 5)
-    finally:
-        await runner.cleanup()
+    async with (
+        serving(_metrics_app(om_generate(app), CONTENT_TYPE_OPENMETRICS, accepts)) as base,
+        aiohttp.ClientSession() as session,
+    ):
+        scraper = UpstreamScraper(session, base + "/metrics")
+        body, _ = await scraper.exposition(CollectorRegistry(), OM_ACCEPT, 5)
     assert accepts == [UPSTREAM_ACCEPT_OPENMETRICS]
     assert exemplars(body.decode(), "app_latency_seconds") == [
         {"trace_id": CLIENT_TRACE, "span_id": CLIENT_SPAN}
@@ -389,18 +383,11 @@ async def test_an_upstream_that_mangles_colon_names_is_asked_for_text() -> None:
 
     server = web.Application()
     server.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(server, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
-    try:
-        async with aiohttp.ClientSession() as session:
-            scraper = UpstreamScraper(session, url)
-            for _ in range(2):
-                body, _ = await scraper.exposition(CollectorRegistry(), OM_ACCEPT, 5)
-                assert "vllm:requests_total 1.0" in body.decode().splitlines()
-    finally:
-        await runner.cleanup()
+    async with serving(server) as base, aiohttp.ClientSession() as session:
+        scraper = UpstreamScraper(session, base + "/metrics")
+        for _ in range(2):
+            body, _ = await scraper.exposition(CollectorRegistry(), OM_ACCEPT, 5)
+            assert "vllm:requests_total 1.0" in body.decode().splitlines()
     # The first scrape tried OpenMetrics, then text; the next went straight to text.
     assert accepts == [
         UPSTREAM_ACCEPT_OPENMETRICS,
@@ -521,53 +508,31 @@ async def test_one_trace_through_sidecar_server_and_batch_over_grpc() -> None:
 
 
 async def test_processes_export_by_otel_env_and_prometheus_stores_the_exemplars(
-    tmp_path: Path,
+    tmp_path: Path, prometheus: str
 ) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.fail("prometheus is not installed: run `make test`, which installs it")
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     base_env["OTEL_BSP_SCHEDULE_DELAY"] = "50"  # export within 50 ms, not 5 s
-    procs: list[Any] = []
     async with http_receiver() as (http_url, server_received), aiohttp.ClientSession() as session:
         with grpc_receiver() as (grpc_url, sidecar_received):
-            try:
-                server = await asyncio.create_subprocess_exec(
-                    *(sys.executable, "-m", "inferwatch", "serve", "--host", "127.0.0.1"),
-                    *("--port", "0", "--model-size", "tiny", "--device", "cpu"),
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.DEVNULL,
-                    env={
-                        **base_env,
-                        "OTEL_EXPORTER_OTLP_ENDPOINT": http_url,
-                        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                        "OTEL_SERVICE_NAME": "model-server",
-                    },
-                )
-                procs.append(server)
-                assert server.stdout is not None
-                line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
-                upstream = line.split("listening on ")[1].split()[0]
-                proxy_port, admin_port = free_port(), free_port()
-                sidecar = await asyncio.create_subprocess_exec(
-                    *(sys.executable, "-m", "inferwatch", "sidecar", "--upstream", upstream),
-                    *("--listen", f"127.0.0.1:{proxy_port}", "--admin", f"127.0.0.1:{admin_port}"),
-                    "--tracing",
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                    env={
-                        **base_env,
-                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": grpc_url,
-                        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
-                        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                        "OTEL_TRACES_SAMPLER_ARG": "1",
-                    },
-                )
-                procs.append(sidecar)
-                proxy = f"http://127.0.0.1:{proxy_port}"
-                await wait_for_http(proxy + "/ready", sidecar, 60)
+            server_env = {
+                **base_env,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": http_url,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_SERVICE_NAME": "model-server",
+            }
+            sidecar_env = {
+                **base_env,
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": grpc_url,
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "1",
+            }
+            async with (
+                serve_process("--model-size", "tiny", "--device", "cpu", env=server_env) as server,
+                sidecar_process(server.url, "--tracing", env=sidecar_env) as sidecar,
+            ):
                 async with session.post(
-                    f"{proxy}/v2/models/{TEXT_MODEL}/infer", json=V2_BODY
+                    f"{sidecar.proxy_url}/v2/models/{TEXT_MODEL}/infer", json=V2_BODY
                 ) as response:
                     assert response.status == 200
                 sidecar_spans = await sidecar_received.wait_for(lambda s: len(s) >= 1)
@@ -581,11 +546,8 @@ async def test_processes_export_by_otel_env_and_prometheus_stores_the_exemplars(
                 assert {s.service for s in server_spans} == {"model-server"}
                 request = _check_chain(sidecar_spans + server_spans, root.trace_id, "")
                 await _prometheus_returns_exemplars(
-                    prometheus, tmp_path, session, admin_port, root, request
+                    prometheus, tmp_path, session, sidecar.admin_port, root, request
                 )
-            finally:
-                for proc in reversed(procs):
-                    await stop_process(proc, 20)
 
 
 async def _prometheus_returns_exemplars(
@@ -596,31 +558,17 @@ async def _prometheus_returns_exemplars(
     sidecar_span: ReceivedSpan,
     request_span: ReceivedSpan,
 ) -> None:
-    port = free_port()
-    config = (
-        "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
-        "scrape_configs: [{job_name: pod, static_configs: "
-        f"[{{targets: ['127.0.0.1:{admin_port}']}}]}}]\n"
-    )
-    (tmp_path / "prometheus.yml").write_text(config)
-    log = (tmp_path / "prometheus.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        prometheus,
-        f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--enable-feature=exemplar-storage",
-        stdout=log,
-        stderr=log,
-    )
+    config = scrape_config(f"{LOOPBACK}:{admin_port}")
     query = f'{schema.INFERENCE_DURATION.name}_bucket{{model_name="{TEXT_MODEL}"}}'
-    url = f"http://127.0.0.1:{port}/api/v1/query_exemplars"
-    try:
+    async with running_prometheus(
+        prometheus, config, tmp_path, "--enable-feature=exemplar-storage"
+    ) as prom:
+        url = prom.api + "/query_exemplars"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
         found: dict[str, list[dict[str, str]]] = {}
         while len(found) < 2:
-            assert process.returncode is None, (tmp_path / "prometheus.log").read_text()
+            prom.assert_running()
             assert loop.time() < deadline, f"no exemplars in Prometheus; got {found}"
             await asyncio.sleep(0.2)
             params = {"query": query, "start": str(loop.time() - 3600), "end": "9999999999"}
@@ -640,10 +588,6 @@ async def _prometheus_returns_exemplars(
             "sidecar": [{"trace_id": sidecar_span.trace_id, "span_id": sidecar_span.span_id}],
             "app": [{"trace_id": request_span.trace_id, "span_id": request_span.span_id}],
         }
-    finally:
-        process.terminate()
-        await process.wait()
-        log.close()
 
 
 # --- sampling decisions without the SDK, and the sidecar's unsampled path ------------------------
@@ -747,11 +691,7 @@ async def test_the_server_middleware_skips_probes_and_marks_5xx() -> None:
     app.router.add_get("/metrics", ok)
     app.router.add_get("/v2/health/ready", ok)
     app.router.add_post("/things/{name}", boom)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serving(app) as url:
         with in_memory_tracing() as exporter:
             async with aiohttp.ClientSession() as session:
                 for path in ("/metrics", "/v2/health/ready"):
@@ -760,8 +700,6 @@ async def test_the_server_middleware_skips_probes_and_marks_5xx() -> None:
                 async with session.post(url + "/things/a") as response:
                     assert response.status == 503
             (span,) = finished(exporter)
-    finally:
-        await runner.cleanup()
     assert span.name == "POST /things/{name}"
     assert dict(span.attributes) == {
         "http.request.method": "POST",
