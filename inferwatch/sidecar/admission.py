@@ -13,6 +13,9 @@ import asyncio
 import contextlib
 from collections import deque
 
+from inferwatch import schema
+from inferwatch.sidecar.exchange import Exchange
+
 
 class Rejected(Exception):
     """No slot: the queue is full (``queued`` False) or the wait timed out (``queued`` True)."""
@@ -20,6 +23,12 @@ class Rejected(Exception):
     def __init__(self, queued: bool) -> None:
         super().__init__("queue timeout" if queued else "queue full")
         self.queued = queued
+
+    @property
+    def why(self) -> str:
+        """For the caller: what the sidecar's 503 / UNAVAILABLE answer says."""
+        why = "timed out in the admission queue" if self.queued else "admission queue is full"
+        return f"overloaded: {why}"
 
 
 class Admission:
@@ -82,3 +91,23 @@ class Admission:
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(Rejected(queued=True))
+
+
+async def admit(admission: Admission, exchange: Exchange) -> Rejected | None:
+    """A slot for ``exchange``, at once or after queueing for one (each step reported to the
+    exchange); the rejection when none came, for the transport to answer. The caller releases
+    the slot."""
+    if admission.try_acquire():
+        exchange.admitted()
+        return None
+    exchange.queued()
+    try:
+        await admission.acquire()
+    except Rejected as exc:
+        exchange.rejected(exc.queued)
+        return exc
+    except asyncio.CancelledError:
+        exchange.failed(schema.REASON_CANCELLED)
+        raise
+    exchange.admitted()
+    return None

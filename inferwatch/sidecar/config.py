@@ -73,6 +73,9 @@ class SidecarConfig:
     gpu_interval: float = 5.0
     tracing: bool | None = None  # None: on when OTEL_* configure an exporter
     otlp_metrics: bool = False
+    grpc_listen: Address | None = None  # None: no gRPC proxy
+    grpc_upstream: str = ""  # HOST:PORT of the model server's gRPC port
+    grpc_max_message_bytes: int = 256 * 1024 * 1024
 
     @property
     def queue_limit(self) -> int:
@@ -187,6 +190,24 @@ def _address(raw: Any) -> Address:
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be 0-65535, got {port}")
     return Address(host, port)
+
+
+def _optional_address(raw: Any) -> Address | None:
+    if raw is None or str(raw).strip().lower() in ("", "none", "off"):
+        return None
+    return _address(raw)
+
+
+def _grpc_upstream(raw: Any) -> str:
+    text = str(raw).strip()
+    if not text:
+        return ""
+    if "://" in text:
+        raise ValueError(f"must be HOST:PORT (no scheme), got {text!r}")
+    address = _address(text)
+    if not address.host or address.port == 0:
+        raise ValueError(f"must be HOST:PORT with a host and a port, got {text!r}")
+    return str(address)
 
 
 def _upstream(raw: Any) -> str:
@@ -326,6 +347,14 @@ FIELDS: tuple[Field, ...] = (
         "OTEL_METRIC_EXPORT_INTERVAL configure it)",
         None,
     ),
+    Field("grpc_listen", _optional_address, "gRPC proxy address (default off)", "ADDR"),
+    Field("grpc_upstream", _grpc_upstream, "the model server's gRPC port", "HOST:PORT"),
+    Field(
+        "grpc_max_message_bytes",
+        _int(1),
+        "largest gRPC message either way (default 256 MiB)",
+        "BYTES",
+    ),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 
@@ -430,6 +459,12 @@ def _check(config: SidecarConfig) -> None:
         raise ConfigError("ready_path: must differ from health_path")
     if config.workers > 1 and config.listen.port == 0:
         raise ConfigError("listen: workers > 1 need a fixed port to share (not port 0)")
+    if config.grpc_listen is not None and not config.grpc_upstream:
+        raise ConfigError("grpc_upstream: needed with grpc_listen (the model server's gRPC port)")
+    if config.grpc_upstream and config.grpc_listen is None:
+        raise ConfigError("grpc_listen: needed with grpc_upstream (where to serve gRPC)")
+    if config.workers > 1 and config.grpc_listen is not None and config.grpc_listen.port == 0:
+        raise ConfigError("grpc_listen: workers > 1 need a fixed port to share (not port 0)")
 
 
 def from_dict(values: Mapping[str, Any]) -> SidecarConfig:

@@ -88,6 +88,35 @@ def reason_for_status(status: int) -> str | None:
     return schema.REASON_CLIENT_ERROR if status < 500 else schema.REASON_SERVER_ERROR
 
 
+# How a gRPC status counts, by its name (grpc.StatusCode.X.name), so this module needs no grpc.
+# None: a success. UNAVAILABLE is what gRPC reports when the upstream refused or reset the
+# connection, and what servers answer when they cannot take the call now.
+GRPC_STATUS_REASONS: dict[str, str | None] = {
+    "OK": None,
+    "CANCELLED": schema.REASON_CANCELLED,
+    "DEADLINE_EXCEEDED": schema.REASON_TIMEOUT,
+    "UNAVAILABLE": schema.REASON_UPSTREAM_UNAVAILABLE,
+    "INVALID_ARGUMENT": schema.REASON_CLIENT_ERROR,
+    "NOT_FOUND": schema.REASON_CLIENT_ERROR,
+    "ALREADY_EXISTS": schema.REASON_CLIENT_ERROR,
+    "FAILED_PRECONDITION": schema.REASON_CLIENT_ERROR,
+    "OUT_OF_RANGE": schema.REASON_CLIENT_ERROR,
+    "UNAUTHENTICATED": schema.REASON_CLIENT_ERROR,
+    "PERMISSION_DENIED": schema.REASON_CLIENT_ERROR,
+    "INTERNAL": schema.REASON_SERVER_ERROR,
+    "UNKNOWN": schema.REASON_SERVER_ERROR,
+    "DATA_LOSS": schema.REASON_SERVER_ERROR,
+    "UNIMPLEMENTED": schema.REASON_SERVER_ERROR,
+    "RESOURCE_EXHAUSTED": schema.REASON_SERVER_ERROR,
+    "ABORTED": schema.REASON_SERVER_ERROR,
+}
+
+
+def reason_for_grpc_status(name: str) -> str | None:
+    """How a call that ended with the gRPC status ``name`` counts: ``None`` for OK."""
+    return GRPC_STATUS_REASONS.get(name, schema.REASON_SERVER_ERROR)
+
+
 def error_body(error: str, reason: str) -> bytes:
     """The sidecar's own error document: ``{"error": ..., "reason": ...}``."""
     return json.dumps({"error": error, "reason": reason}).encode()

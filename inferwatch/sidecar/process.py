@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -19,12 +19,16 @@ from prometheus_client.registry import Collector
 from inferwatch import runtime, schema, tracing
 from inferwatch.metrics import BoundedLabel, InferenceMetrics, inference_metrics
 from inferwatch.sidecar.admin import admin_app
+from inferwatch.sidecar.admission import Admission
 from inferwatch.sidecar.config import SidecarConfig
 from inferwatch.sidecar.exchange import Exchanges
 from inferwatch.sidecar.health import Drainer, Readiness, UpstreamHealth
 from inferwatch.sidecar.http1 import HTTP1Server
 from inferwatch.sidecar.proxy import ProxyHandler
 from inferwatch.sidecar.scrape import UpstreamScraper
+
+if TYPE_CHECKING:
+    from inferwatch.sidecar.grpc_proxy import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +40,36 @@ def _bound_port(runner: web.BaseRunner) -> int:
     return int(address[1])
 
 
-def proxy_handler(
-    config: SidecarConfig, metrics: InferenceMetrics, drainer: Drainer, readiness: Readiness
-) -> ProxyHandler:
-    """The proxy port's handler, traced or not: chosen once, so with tracing off the request
-    path is exactly the untraced one."""
-    handler_class: type[ProxyHandler] = ProxyHandler
+def open_exchanges(config: SidecarConfig, metrics: InferenceMetrics) -> Exchanges:
+    """The exchanges every transport of this process opens, traced or not: chosen once, so
+    with tracing off the request path is exactly the untraced one."""
     exchanges_class: type[Exchanges] = Exchanges
     if tracing.enabled:
-        from inferwatch.sidecar.traced import TracedExchanges, TracedProxyHandler
+        from inferwatch.sidecar.traced import TracedExchanges
 
-        handler_class, exchanges_class = TracedProxyHandler, TracedExchanges
-    exchanges = exchanges_class(
+        exchanges_class = TracedExchanges
+    return exchanges_class(
         metrics,
         schema.SOURCE_SIDECAR,
         config.default_model,
         BoundedLabel(config.max_models, set(config.allow_models)),
         BoundedLabel(config.max_versions),
     )
-    return handler_class(config, exchanges, drainer, readiness)
+
+
+def proxy_handler_class() -> type[ProxyHandler]:
+    if tracing.enabled:
+        from inferwatch.sidecar.traced import TracedProxyHandler
+
+        return TracedProxyHandler
+    return ProxyHandler
+
+
+def admission_for(config: SidecarConfig) -> Admission | None:
+    """One admission for every transport: the limit is the upstream's, however it is called."""
+    if config.max_concurrency <= 0:
+        return None
+    return Admission(config.max_concurrency, config.queue_limit, config.queue_timeout)
 
 
 class Sidecar:
@@ -86,6 +101,8 @@ class Sidecar:
         self.proxy: ProxyHandler | None = None
         self._runners: list[web.BaseRunner] = []
         self._proxy_server: HTTP1Server | None = None
+        self._grpc_server: GrpcServer | None = None
+        self.grpc_port = 0
 
     async def start(self) -> None:
         config = self.config
@@ -93,7 +110,9 @@ class Sidecar:
         self.health = UpstreamHealth.of(config, self.session, self._upstream_up)
         self.drainer = drainer = Drainer(config.drain_quiet_period, config.drain_timeout)
         self.readiness = Readiness(self.health, lambda: drainer.draining)
-        self.proxy = proxy_handler(config, self.metrics, drainer, self.readiness)
+        exchanges = open_exchanges(config, self.metrics)
+        admission = admission_for(config)
+        self.proxy = proxy_handler_class()(config, exchanges, admission, drainer, self.readiness)
         await self.health.check()
         self.health.start()
 
@@ -101,6 +120,14 @@ class Sidecar:
         self.proxy_port = await self._proxy_server.listen(
             config.listen.bind_host, config.listen.port, self._reuse_port
         )
+        if config.grpc_listen is not None:
+            from inferwatch.sidecar.grpc_proxy import GrpcProxy, GrpcServer
+
+            self._grpc_server = GrpcServer(config, self.readiness, self._reuse_port)
+            self._grpc_server.add_proxy(
+                GrpcProxy(config, exchanges, admission, drainer, self._grpc_server.channel)
+            )
+            self.grpc_port = await self._grpc_server.listen(config.grpc_listen)
 
         if self._serve_admin:
             self.scraper = UpstreamScraper(self.session, config.metrics_url)
@@ -115,9 +142,10 @@ class Sidecar:
             ).start()
             self.admin_port = _bound_port(admin_runner)
         log.info(
-            "sidecar: proxy on %s -> %s%s",
+            "sidecar: proxy on %s -> %s%s%s",
             config.listen,
             config.upstream,
+            f", gRPC on {config.grpc_listen} -> {config.grpc_upstream}" if self.grpc_port else "",
             f", admin on {config.admin}" if self._serve_admin else "",
         )
 
@@ -130,6 +158,9 @@ class Sidecar:
         if self._proxy_server is not None:
             await self._proxy_server.close(runtime.SHUTDOWN_GRACE)
             self._proxy_server = None
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(runtime.SHUTDOWN_GRACE)
+            self._grpc_server = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -29,7 +29,7 @@ from aiohttp import ClientError, StreamReader
 from aiohttp.http_exceptions import HttpProcessingError
 
 from inferwatch import schema
-from inferwatch.sidecar.admission import Admission, Rejected
+from inferwatch.sidecar.admission import Admission, admit
 from inferwatch.sidecar.config import SidecarConfig
 from inferwatch.sidecar.errors import (
     ERR_BAD_REQUEST,
@@ -152,20 +152,17 @@ class ProxyHandler:
         self,
         config: SidecarConfig,
         exchanges: Exchanges,
+        admission: Admission | None,
         drainer: Drainer,
         readiness: Readiness,
     ) -> None:
         self.config = config
         self.exchanges = exchanges
         self.pool = UpstreamPool(config.upstream, config.connect_timeout, config.upstream_timeout)
+        self.admission = admission
         self.drainer = drainer
         self.readiness = readiness
         self.classifier = Classifier(config.routes, config.default_model)
-        self.admission: Admission | None = None
-        if config.max_concurrency > 0:
-            self.admission = Admission(
-                config.max_concurrency, config.queue_limit, config.queue_timeout
-            )
         self._max_body = config.max_body_bytes
         self._parse_limit = config.parse_body_bytes
         self._retry_after = ((b"Retry-After", str(config.retry_after).encode()),)
@@ -276,23 +273,12 @@ class ProxyHandler:
 
     async def _admit(self, request: Request, admission: Admission, exchange: Exchange) -> bool:
         """A slot at once, or after queueing for one; False (after answering 503) if none."""
-        if admission.try_acquire():
-            exchange.admitted()
+        rejected = await admit(admission, exchange)
+        if rejected is None:
             return True
-        exchange.queued()
-        try:
-            await admission.acquire()
-        except Rejected as exc:
-            exchange.rejected(exc.queued)
-            why = "timed out in the admission queue" if exc.queued else "admission queue is full"
-            body = error_body(f"overloaded: {why}", ERR_OVERLOADED)
-            await request.conn.send_json(request, 503, body, self._retry_after)
-            return False
-        except asyncio.CancelledError:
-            exchange.failed(schema.REASON_CANCELLED)
-            raise
-        exchange.admitted()
-        return True
+        body = error_body(rejected.why, ERR_OVERLOADED)
+        await request.conn.send_json(request, 503, body, self._retry_after)
+        return False
 
     async def _forward(
         self, request: Request, info: RequestInfo, body: Body, exchange: Exchange

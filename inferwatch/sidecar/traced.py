@@ -1,6 +1,6 @@
 """The proxy with tracing on: a SERVER span per proxied request, exemplars on its latencies.
 
-Chosen once at start (:func:`~inferwatch.sidecar.process.proxy_handler`): with tracing off
+Chosen once at start (:mod:`~inferwatch.sidecar.process`): with tracing off
 none of this is on the request path.
 """
 
