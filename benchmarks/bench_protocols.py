@@ -6,6 +6,11 @@ call, best of several repeats, next to the baseline ``json.loads`` of the same b
 ``csv.reader`` counting its rows; for Triton's binary extension, ``json.loads`` of the JSON
 header). The ratio says what reading the body costs beyond parsing it once.
 
+The gRPC section does the same for request messages: ``classify_method`` and ``parse_request``
+(the wire reader picking model, version and batch out of the serialized message) next to the
+baseline of decoding the same bytes with the generated class (tritonclient's
+``service_pb2.ModelInferRequest.FromString``, protobuf's C implementation).
+
     python benchmarks/bench_protocols.py [--calls 2000] [--repeats 5]
 """
 
@@ -143,6 +148,62 @@ def best_of(repeats: int, calls: int, fn: Callable[[], object]) -> float:
     return best * 1e6
 
 
+@dataclass
+class GrpcCase:
+    name: str
+    method: str
+    message: bytes
+    baseline: Callable[[], object]
+
+
+def grpc_cases() -> list[GrpcCase]:
+    from tritonclient.grpc import service_pb2
+
+    def model_infer(name: str, version: str, shape: list[int], datatype: str, raw: bytes) -> bytes:
+        request = service_pb2.ModelInferRequest(model_name=name, model_version=version, id="1")
+        request.inputs.add(name="input", datatype=datatype, shape=shape)
+        request.outputs.add(name="output")
+        request.raw_input_contents.append(raw)
+        return request.SerializeToString()
+
+    infer = "/inference.GRPCInferenceService/ModelInfer"
+    image = model_infer("resnet50", "1", [1, 3, 224, 224], "FP32", bytes(224 * 224 * 3 * 4))
+    small = model_infer("iris", "", [4, 3], "FP32", bytes(4 * 3 * 4))
+    batch = model_infer("resnet50", "1", [32, 3, 224, 224], "FP32", bytes(32 * 224 * 224 * 3 * 4))
+    decode = service_pb2.ModelInferRequest.FromString
+    return [
+        GrpcCase("oip ModelInfer 4x3 FP32", infer, small, lambda: decode(small)),
+        GrpcCase("oip ModelInfer 1x3x224x224 FP32", infer, image, lambda: decode(image)),
+        GrpcCase("oip ModelInfer 32x3x224x224 FP32", infer, batch, lambda: decode(batch)),
+    ]
+
+
+def grpc_section(calls: int, repeats: int) -> None:
+    from inferwatch.sidecar.grpc_protocols import classify_method, parse_request
+
+    print(f"\n{'gRPC request':36} {'bytes':>9} {'classify':>9} {'parse':>9}", end="")
+    print(f" {'FromString':>11} {'ratio':>6}")
+    print(f"{'':36} {'':>9} {'µs':>9} {'µs':>9} {'µs':>11} {'':>6}")
+    for case in grpc_cases():
+        n = calls if len(case.message) < 100_000 else max(calls // 10, 50)
+
+        def classify(case: GrpcCase = case) -> object:
+            return classify_method(case.method)
+
+        def parse(case: GrpcCase = case) -> object:
+            return parse_request(classify_method(case.method), case.message)
+
+        assert parse() is not None and parse_request(classify(), case.message)[0] is not None
+        t_classify = best_of(repeats, calls * 10, classify)
+        t_parse = max(best_of(repeats, n, parse) - t_classify, 0.0)
+        t_base = best_of(repeats, n, case.baseline)
+        print(
+            f"{case.name:36} {len(case.message):9d} {t_classify:9.2f} {t_parse:9.2f} "
+            f"{t_base:11.2f} {(t_classify + t_parse) / t_base:6.3f}"
+        )
+    print("ratio = (classify_method + parse_request) / FromString of the same message.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -174,6 +235,7 @@ def main() -> None:
             f"{t_base:11.2f} {ratio}"
         )
     print("\nratio = (classify + parse_body) / baseline; parse = 0.00: the path says all.")
+    grpc_section(args.calls, args.repeats)
 
 
 if __name__ == "__main__":

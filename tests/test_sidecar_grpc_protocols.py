@@ -26,6 +26,7 @@ from inferwatch.sidecar.protobuf_wire import (
     I32,
     I64,
     LEN,
+    MAX_FIELDS,
     VARINT,
     WireError,
     iter_fields,
@@ -486,6 +487,17 @@ def test_classify_and_regress_count_examples(protos, method: str) -> None:
     assert parse(TF + method, request.SerializeToString()) == ("census", None, None)
     request.input.example_list.SetInParent()  # an empty list
     assert parse(TF + method, request.SerializeToString()) == ("census", None, 0)
+
+
+def test_example_counting_is_bounded(protos) -> None:
+    request = protos.classification_pb2.ClassificationRequest()
+    request.model_spec.name = "many"
+    request.input.example_list.examples.extend(
+        protos.example_pb2.Example() for _ in range(MAX_FIELDS)
+    )
+    assert parse(TF + "Classify", request.SerializeToString()) == ("many", None, MAX_FIELDS)
+    request.input.example_list.examples.add()
+    assert parse(TF + "Classify", request.SerializeToString()) == UNKNOWN
 
 
 def test_multi_inference(protos) -> None:

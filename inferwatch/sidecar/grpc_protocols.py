@@ -27,8 +27,8 @@ from inferwatch.sidecar.protobuf_wire import (
     Buffer,
     WireError,
     iter_fields,
-    iter_packed_varints,
     read_text,
+    read_varint,
     to_int64,
 )
 from inferwatch.sidecar.protocols import MAX_BATCH, MAX_NAME_CHARS, ROUTE_OTHER, clean_name
@@ -91,8 +91,8 @@ def _first_of_repeated_int64(message: Buffer, number: int) -> int | None:
         if field != number:
             continue
         if isinstance(value, memoryview):  # packed
-            for first in iter_packed_varints(value, max_values=1):
-                return first
+            if len(value):
+                return read_varint(value, 0, len(value))[0]
         elif wire_type == VARINT:  # unpacked: one varint per value
             return value
     return None
@@ -180,11 +180,13 @@ def _tensor_batch(tensor: memoryview) -> int | None:
 
 
 def _examples(input_message: memoryview) -> int | None:
-    """How many examples an Input carries, whichever list holds them."""
+    """How many examples an Input carries, whichever list holds them.
+
+    Counting is bounded like any read: past ``MAX_FIELDS`` examples the request is unknown.
+    """
     for field, _, value in iter_fields(input_message):
         if field in (1, 2) and isinstance(value, memoryview):
-            count = _count_field(value, 1)
-            return count if count <= MAX_BATCH else None
+            return _count_field(value, 1)
     return None
 
 

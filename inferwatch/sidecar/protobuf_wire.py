@@ -79,13 +79,21 @@ def iter_fields(data: Buffer, *, max_fields: int = MAX_FIELDS) -> Iterator[tuple
         count += 1
         if count > max_fields:
             raise WireError(f"more than {max_fields} fields")
-        tag, pos = read_varint(view, pos, end)
+        tag = view[pos]  # one byte for field numbers up to 15, the common case: inlined
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = read_varint(view, pos, end)
         number = tag >> 3
         wire_type = tag & 7
         if number == 0 or number > MAX_FIELD_NUMBER:
             raise WireError(f"invalid field number {number}")
         if wire_type == LEN:
-            length, pos = read_varint(view, pos, end)
+            if pos < end and view[pos] < 0x80:
+                length = view[pos]
+                pos += 1
+            else:
+                length, pos = read_varint(view, pos, end)
             stop = pos + length
             if stop > end:
                 raise WireError("length-delimited field runs past the message")
