@@ -12,6 +12,7 @@ import grpc
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
 from support.grpc_upstream import (
     ECHO,
     OIP,
@@ -24,11 +25,13 @@ from support.grpc_upstream import (
 from support.polling import poll
 from support.ports import LOOPBACK, free_port
 from support.sidecar import metric, running_sidecar
+from support.tracing import finished, hex_ids, in_memory_tracing
 from support.upstreams import running_upstream
 from tritonclient.grpc import service_pb2
 
 from inferwatch import schema
 from inferwatch.sidecar.config import Address
+from inferwatch.sidecar.grpc_traced import TracedGrpcProxy
 from inferwatch.sidecar.process import Sidecar
 
 MODEL_INFER = OIP + "ModelInfer"
@@ -340,3 +343,49 @@ async def test_a_long_stream_in_flight_finishes_during_the_drain() -> None:
         assert await call.code() == grpc.StatusCode.OK
         await asyncio.wait_for(drained, 10)
         assert inferences(sidecar, "success") == 2
+
+
+# --- tracing ------------------------------------------------------------------------------------
+
+CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CLIENT_SPAN = "b7ad6b7169203331"
+
+
+async def test_a_traced_call_gets_a_server_span_that_continues_the_callers_trace() -> None:
+    with in_memory_tracing() as exporter:
+        async with grpc_sidecar() as (sidecar, channel, up):
+            assert up is not None
+            assert type(sidecar.grpc_proxy) is TracedGrpcProxy
+            traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+            with pytest.raises(aio.AioRpcError):
+                await channel.unary_unary(MODEL_INFER)(
+                    infer_request(),
+                    metadata=(("traceparent", traceparent), ("x-status", "INTERNAL")),
+                )
+        (span,) = finished(exporter)
+    trace_id, span_id = hex_ids(span)
+    assert trace_id == CLIENT_TRACE
+    assert format(span.parent.span_id, "016x") == CLIENT_SPAN
+    assert span.name == MODEL_INFER
+    assert span.attributes["rpc.system"] == "grpc"
+    assert span.attributes["rpc.service"] == "inference.GRPCInferenceService"
+    assert span.attributes["rpc.method"] == "ModelInfer"
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
+    assert span.attributes["error.type"] == schema.REASON_SERVER_ERROR
+    assert span.status.status_code == trace.StatusCode.ERROR
+    # The upstream got this span as its parent, not the caller's.
+    assert up.metadata[-1]["traceparent"] == f"00-{CLIENT_TRACE}-{span_id}-01"
+
+
+async def test_an_unsampled_call_gets_no_span_and_a_traceparent_of_its_own() -> None:
+    with in_memory_tracing(sampler="parentbased_always_on") as exporter:
+        async with grpc_sidecar() as (_, channel, up):
+            assert up is not None
+            traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"
+            await channel.unary_unary(MODEL_INFER)(
+                infer_request(), metadata=(("traceparent", traceparent),)
+            )
+        assert finished(exporter) == []
+    sent = up.metadata[-1]["traceparent"]
+    assert sent.startswith(f"00-{CLIENT_TRACE}-") and sent.endswith("-00")
+    assert sent[36:52] != CLIENT_SPAN

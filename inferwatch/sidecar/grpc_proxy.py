@@ -48,6 +48,7 @@ from inferwatch.sidecar.health import Drainer, Readiness
 log = logging.getLogger(__name__)
 
 Upstream = aio.StreamStreamMultiCallable[bytes, bytes]
+Metadata = tuple[tuple[str, str | bytes], ...]
 
 # Methods that answer with a stream: their time to first response is measured.
 STREAMED_RESPONSES = frozenset(
@@ -237,6 +238,14 @@ class GrpcProxy(grpc.GenericRpcHandler):
             raise
         answers.end_all(reason)
 
+    def upstream_metadata(self, context: aio.ServicerContext) -> Metadata:
+        """The caller's metadata, as the upstream gets it."""
+        return tuple(
+            (key, value)
+            for key, value in context.invocation_metadata() or ()
+            if key not in _NOT_FORWARDED
+        )
+
     async def _forward(
         self,
         upstream: Upstream,
@@ -245,11 +254,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
         on_response: Callable[[bytes], None] | None,
     ) -> str | None:
         """Make the call upstream and relay its answer; the failure reason, None for OK."""
-        metadata = tuple(
-            (key, value)
-            for key, value in context.invocation_metadata() or ()
-            if key not in _NOT_FORWARDED
-        )
+        metadata = self.upstream_metadata(context)
         call = upstream(upstream_requests, metadata=metadata, timeout=context.time_remaining())
         try:
             await context.send_initial_metadata(await call.initial_metadata() or ())

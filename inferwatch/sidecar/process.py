@@ -28,7 +28,7 @@ from inferwatch.sidecar.proxy import ProxyHandler
 from inferwatch.sidecar.scrape import UpstreamScraper
 
 if TYPE_CHECKING:
-    from inferwatch.sidecar.grpc_proxy import GrpcServer
+    from inferwatch.sidecar.grpc_proxy import GrpcProxy, GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,16 @@ def proxy_handler_class() -> type[ProxyHandler]:
 
         return TracedProxyHandler
     return ProxyHandler
+
+
+def grpc_proxy_class() -> type[GrpcProxy]:
+    if tracing.enabled:
+        from inferwatch.sidecar.grpc_traced import TracedGrpcProxy
+
+        return TracedGrpcProxy
+    from inferwatch.sidecar.grpc_proxy import GrpcProxy
+
+    return GrpcProxy
 
 
 def admission_for(config: SidecarConfig) -> Admission | None:
@@ -102,6 +112,7 @@ class Sidecar:
         self._runners: list[web.BaseRunner] = []
         self._proxy_server: HTTP1Server | None = None
         self._grpc_server: GrpcServer | None = None
+        self.grpc_proxy: GrpcProxy | None = None
         self.grpc_port = 0
 
     async def start(self) -> None:
@@ -121,12 +132,13 @@ class Sidecar:
             config.listen.bind_host, config.listen.port, self._reuse_port
         )
         if config.grpc_listen is not None:
-            from inferwatch.sidecar.grpc_proxy import GrpcProxy, GrpcServer
+            from inferwatch.sidecar.grpc_proxy import GrpcServer
 
             self._grpc_server = GrpcServer(config, self.readiness, self._reuse_port)
-            self._grpc_server.add_proxy(
-                GrpcProxy(config, exchanges, admission, drainer, self._grpc_server.channel)
+            self.grpc_proxy = grpc_proxy_class()(
+                config, exchanges, admission, drainer, self._grpc_server.channel
             )
+            self._grpc_server.add_proxy(self.grpc_proxy)
             self.grpc_port = await self._grpc_server.listen(config.grpc_listen)
 
         if self._serve_admin:

@@ -9,6 +9,11 @@ ATTR_HTTP_METHOD = "http.request.method"
 ATTR_HTTP_ROUTE = "http.route"
 ATTR_HTTP_STATUS = "http.response.status_code"
 ATTR_URL_PATH = "url.path"
+# RPC semantic conventions (gRPC):
+ATTR_RPC_SYSTEM = "rpc.system"
+ATTR_RPC_SERVICE = "rpc.service"
+ATTR_RPC_METHOD = "rpc.method"
+ATTR_RPC_GRPC_STATUS = "rpc.grpc.status_code"
 ATTR_ERROR_TYPE = "error.type"
 # inferwatch's own (no semantic convention covers a model server's inference):
 ATTR_MODEL_NAME = "model.name"
