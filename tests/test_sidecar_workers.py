@@ -9,6 +9,8 @@ import socket
 
 import aiohttp
 import pytest
+from grpc import aio
+from support.grpc_upstream import OIP, infer_request, running_grpc_upstream
 from support.metrics import samples
 from support.polling import poll
 from support.ports import LOOPBACK, free_port
@@ -94,3 +96,52 @@ async def test_a_taken_port_stops_start_up_with_a_message(workers: str) -> None:
     else:
         assert message.startswith("inferwatch sidecar: worker ")
         assert message.endswith("right after starting")
+
+
+async def test_two_workers_share_the_grpc_port_and_metrics_add_up() -> None:
+    grpc_port = free_port()
+    async with (
+        running_upstream() as up,
+        running_grpc_upstream() as grpc_up,
+        sidecar_process(
+            up.url,
+            *("--workers", "2", "--drain-quiet-period", "0", "--ready-interval", "0.1"),
+            *("--grpc-listen", f"{LOOPBACK}:{grpc_port}", "--grpc-upstream", grpc_up.target),
+            env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+            ready_timeout=30,
+        ) as sidecar,
+    ):
+        proc, admin_port = sidecar.process, sidecar.admin_port
+        await poll(lambda: len(children(proc.pid)) == 2, "two workers", timeout=30)
+        for _ in range(REQUESTS // 4):
+            # A fresh channel (connection) each time, so the kernel spreads them.
+            async with aio.insecure_channel(f"{LOOPBACK}:{grpc_port}") as channel:
+                await channel.unary_unary(OIP + "ModelInfer")(infer_request("g", batch=2))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{LOOPBACK}:{admin_port}/metrics") as resp,
+        ):
+            values = samples(await resp.text())
+        labels = {"source": "sidecar", "model_name": "g", "model_version": ""}
+        success = frozenset({**labels, "status": "success"}.items())
+        assert values[("model_inference_total", success)] == REQUESTS // 4
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_a_taken_grpc_port_stops_start_up_with_a_message() -> None:
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = inferwatch_command(
+            *("--log-level", "ERROR", "sidecar", "--upstream", f"http://{LOOPBACK}:{free_port()}"),
+            *("--listen", f"{LOOPBACK}:{free_port()}", "--admin", f"{LOOPBACK}:{free_port()}"),
+            *("--grpc-listen", f"{LOOPBACK}:{port}", "--grpc-upstream", f"{LOOPBACK}:1"),
+        )
+        proc = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    message = stderr.decode().strip().splitlines()[-1]
+    expected = f"inferwatch sidecar: cannot start: cannot listen for gRPC on {LOOPBACK}:{port}"
+    assert message.startswith(expected)
