@@ -82,12 +82,15 @@ async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIter
             yield message
 
 
-def _cancel_reason(context: aio.ServicerContext) -> str:
-    """Why the caller's call ended early: its deadline passed, or it cancelled."""
+def _broken_reason(exc: BaseException, context: aio.ServicerContext) -> str:
+    """Why a call ended without a status from the upstream: the caller's deadline passed, the
+    caller went away (cancelled), or the relay itself failed."""
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
         return schema.REASON_TIMEOUT
-    return schema.REASON_CANCELLED
+    if isinstance(exc, asyncio.CancelledError) or context.cancelled():
+        return schema.REASON_CANCELLED
+    return schema.REASON_SERVER_ERROR
 
 
 class GrpcProxy(grpc.GenericRpcHandler):
@@ -195,8 +198,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
         exchange.forwarding()
         try:
             reason = await self._forward(upstream, upstream_requests, context, on_response)
-        except asyncio.CancelledError:
-            exchange.failed(_cancel_reason(context))
+        except BaseException as exc:
+            exchange.failed(_broken_reason(exc, context))
             raise
         finally:
             exchange.forwarded()
@@ -233,8 +236,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
 
         try:
             reason = await self._forward(upstream, upstream_requests(), context, answers.received)
-        except asyncio.CancelledError:
-            answers.end_all(_cancel_reason(context))
+        except BaseException as exc:
+            answers.end_all(_broken_reason(exc, context))
             raise
         answers.end_all(reason)
 
