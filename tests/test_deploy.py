@@ -773,6 +773,134 @@ def test_rule_file_names_follow_render() -> None:
     assert names == compose.RULE_FILES
 
 
+# --- gRPC: grpc_port ----------------------------------------------------------------------------
+
+GRPC_OPTIONS = GenerateOptions(grpc_port=8001)  # Triton's gRPC port
+
+
+@pytest.fixture(scope="module")
+def grpc_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tree(tmp_path_factory.mktemp("grpc"), generated_files(GRPC_OPTIONS))
+
+
+def test_grpc_is_off_by_default(tree: Path) -> None:
+    docs = kustomize(overlay(tree, "base"))
+    sidecar = container(one(docs, "Deployment"), kubernetes.SIDECAR_CONTAINER)
+    assert sidecar_settings(sidecar["args"]).grpc_listen is None
+    assert "grpc" not in {p["name"] for p in sidecar["ports"]}
+    assert "httpGet" in sidecar["readinessProbe"]
+    assert [p["name"] for p in one(docs, "Service")["spec"]["ports"]] == ["http"]
+    compose_sidecar = sidecar_settings(compose_doc(tree)["services"]["sidecar"]["command"])
+    assert compose_sidecar.grpc_listen is None
+
+
+def test_grpc_port_reaches_the_sidecar_the_service_and_the_model_container(
+    grpc_tree: Path,
+) -> None:
+    docs = kustomize(overlay(grpc_tree, "base"))
+    deployment, svc = one(docs, "Deployment"), one(docs, "Service")
+    sidecar = container(deployment, kubernetes.SIDECAR_CONTAINER)
+    server = container(deployment, kubernetes.SERVER_CONTAINER)
+    settings = sidecar_settings(sidecar["args"])
+    assert settings.grpc_listen == sidecar_config.Address("", 8081)
+    assert settings.grpc_upstream == "127.0.0.1:8001"
+    assert settings.listen.port == 8080  # HTTP is still proxied
+    sidecar_ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    assert sidecar_ports == {"http": 8080, "grpc": 8081, "metrics": 9464}
+    server_ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert server_ports == {"model": 8000, "model-grpc": 8001}
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert set(ports) == {"http", "grpc"}
+    grpc_port = ports["grpc"]
+    assert sidecar_ports[grpc_port["targetPort"]] == settings.grpc_listen.port
+    assert (grpc_port["port"], grpc_port["appProtocol"]) == (8081, "kubernetes.io/h2c")
+    assert "appProtocol" not in ports["http"]
+    # The readiness probe stays HTTP /ready unless asked (see sidecar_readiness_probe).
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert (
+        "model server 127.0.0.1:8001"
+        in (grpc_tree / kubernetes.BASE / "deployment.yaml").read_text()
+    )
+
+
+def test_the_native_grpc_readiness_probe_targets_the_sidecar_grpc_port(tmp_path: Path) -> None:
+    options = dataclasses.replace(GRPC_OPTIONS, grpc_readiness_probe=True)
+    docs = kustomize(overlay(write_tree(tmp_path, generated_files(options)), "base"))
+    deployment = one(docs, "Deployment")
+    sidecar = container(deployment, kubernetes.SIDECAR_CONTAINER)
+    probe = sidecar["readinessProbe"]
+    assert probe["grpc"] == {"port": sidecar_settings(sidecar["args"]).grpc_listen.port}
+    assert "httpGet" not in probe
+    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/health"
+    kubernetes_validate.validate(deployment, "1.30", strict=True)
+    # A grpc probe takes a port number only: a name is refused, so the generator writes 8081.
+    probe["grpc"]["port"] = "grpc"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, "1.30", strict=True)
+
+
+@pytest.mark.parametrize("name", ["hpa", "keda"])
+def test_grpc_manifests_validate_against_the_kubernetes_schemas(grpc_tree: Path, name: str) -> None:
+    docs = kustomize(overlay(grpc_tree, name))
+    for doc in docs:
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, "1.30", strict=True)
+    svc = one(docs, "Service")
+    bad = {**svc["spec"]["ports"][1], "appProtocoll": "kubernetes.io/h2c"}
+    svc["spec"]["ports"][1] = bad
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(svc, "1.30", strict=True)
+
+
+async def test_the_kubelet_grpc_probe_gets_the_sidecar_readiness(grpc_tree: Path) -> None:
+    """Run the sidecar as the Deployment configures it (ports moved to loopback) and ask
+    grpc.health.v1 what the kubelet's grpc probe asks: SERVING, then NOT_SERVING in the drain."""
+    from grpc import aio
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from support.polling import poll
+
+    deployment = one(kustomize(overlay(grpc_tree, "base")), "Deployment")
+    configured = sidecar_settings(container(deployment, kubernetes.SIDECAR_CONTAINER)["args"])
+    async with running_upstream() as upstream:
+        local = dataclasses.replace(
+            configured,
+            upstream=upstream.url,
+            listen=sidecar_config.Address("127.0.0.1", 0),
+            admin=sidecar_config.Address("127.0.0.1", 0),
+            grpc_listen=sidecar_config.Address("127.0.0.1", 0),
+            drain_quiet_period=30.0,
+        )
+        sidecar = Sidecar(local, CollectorRegistry())
+        await sidecar.start()
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+
+                async def says(wanted: int) -> bool:
+                    answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                    return bool(answer.status == wanted)
+
+                serving = health_pb2.HealthCheckResponse.SERVING
+                await poll(lambda: says(serving), "SERVING once the model server is ready")
+                assert sidecar.drainer is not None
+                sidecar.drainer.begin()
+                not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+                await poll(lambda: says(not_serving), "NOT_SERVING during the drain")
+        finally:
+            await sidecar.stop()
+
+
+def test_compose_publishes_the_sidecar_grpc_port(grpc_tree: Path) -> None:
+    text = (grpc_tree / compose.COMPOSE_FILE).read_text()
+    PyCompose.from_yaml(text).validate()
+    services = compose_doc(grpc_tree)["services"]
+    sidecar = sidecar_settings(services["sidecar"]["command"])
+    assert sidecar.grpc_listen is not None
+    assert (sidecar.grpc_listen.port, sidecar.grpc_upstream) == (8081, "model-server:8001")
+    assert published(services["sidecar"]) == {8080, 8081, 9464}
+    assert published(services["model-server"]) == {8000}
+
+
 # --- Dockerfiles --------------------------------------------------------------------------------
 
 

@@ -227,6 +227,33 @@ def test_bad_options_name_the_field(tmp_path: Path) -> None:
     )
 
 
+def test_grpc_options_are_checked(tmp_path: Path) -> None:
+    assert (GenerateOptions().grpc_port, GenerateOptions().grpc_readiness_probe) == (0, False)
+    for port in (8000, 8080, 8081, 9464):  # the pod's ports: the containers share them
+        with pytest.raises(ValueError, match=f"grpc_port {port} is taken in the pod"):
+            GenerateOptions(grpc_port=port)
+    for port in (-1, 65536):
+        with pytest.raises(ValueError, match="grpc_port must be 0"):
+            GenerateOptions(grpc_port=port)
+    with pytest.raises(ValueError, match="grpc_readiness_probe needs grpc_port"):
+        GenerateOptions(grpc_readiness_probe=True)
+    config = tmp_path / "options.yaml"
+    config.write_text("grpc_port: '8001'\n")
+    with pytest.raises(ValueError, match="option 'grpc_port' must be int"):
+        load_options(config, {})
+    config.write_text("grpc_port: 8001\ngrpc_readiness_probe: true\n")
+    options = load_options(config, {})
+    assert (options.grpc_port, options.grpc_readiness_probe) == (8001, True)
+    # Off, the committed files; on, only the manifests and compose change.
+    default, grpc = generate.render(), generate.render(options)
+    changed = {path for path in default if default[path] != grpc[path]}
+    assert changed == {
+        "deploy/kubernetes/base/deployment.yaml",
+        "deploy/kubernetes/base/service.yaml",
+        "compose/docker-compose.yml",
+    }
+
+
 def test_generate_reports_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "options.yaml"
     config.write_text("slo_source: gateway\n")

@@ -43,6 +43,7 @@ RECEIVER, GRAFANA, COLLECTOR, JAEGER = "alert-receiver", "grafana", "otel-collec
 
 SERVER_PORT = kubernetes.SERVER_PORT
 PROXY_PORT = kubernetes.PROXY_PORT
+GRPC_PROXY_PORT = kubernetes.GRPC_PROXY_PORT
 ADMIN_PORT = kubernetes.ADMIN_PORT
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
@@ -128,6 +129,12 @@ def _otel_env(service_name: str) -> dict[str, str]:
     }
 
 
+def sidecar_ports(options: GenerateOptions) -> tuple[int, ...]:
+    """Published: the proxy, the gRPC proxy when the model server has a gRPC port, admin."""
+    grpc = (GRPC_PROXY_PORT,) if options.grpc_port else ()
+    return (PROXY_PORT, *grpc, ADMIN_PORT)
+
+
 def server_command(device: str = "auto") -> list[str]:
     return ["serve", "--host", "0.0.0.0", "--port", str(SERVER_PORT), "--device", device]
 
@@ -154,12 +161,14 @@ def compose_file(options: GenerateOptions) -> dict[str, Any]:
                     "sidecar",
                     *("--upstream", f"http://{SERVER}:{SERVER_PORT}"),
                     *("--listen", f":{PROXY_PORT}"),
+                    # With grpc_port: gRPC on :8081 to the model server's gRPC port.
+                    *kubernetes.sidecar_args(SERVER, options),
                     *("--admin", f":{ADMIN_PORT}"),
                     *("--drain-quiet-period", str(DRAIN_QUIET_PERIOD)),
                     *("--drain-timeout", str(DRAIN_TIMEOUT)),
                 ],
                 "environment": _otel_env(SIDECAR),
-                "ports": _publish(PROXY_PORT, ADMIN_PORT),
+                "ports": _publish(*sidecar_ports(options)),
                 "depends_on": {SERVER: {"condition": "service_started"}},
                 "healthcheck": _http_check(f"http://127.0.0.1:{PROXY_PORT}/ready"),
                 "stop_grace_period": f"{DRAIN_QUIET_PERIOD + DRAIN_TIMEOUT + 5}s",

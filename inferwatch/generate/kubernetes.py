@@ -21,6 +21,7 @@ from typing import Any
 
 from inferwatch._version import __version__
 from inferwatch.generate import autoscaling, dashboards, rules, yaml_text
+from inferwatch.generate import options as pod_ports
 from inferwatch.generate.options import GenerateOptions
 
 ROOT = "deploy/kubernetes"
@@ -40,14 +41,20 @@ IMAGE_TAG = __version__
 PROMETHEUS_SELECTOR_LABELS = {"release": "kube-prometheus-stack"}
 GRAFANA_DASHBOARD_LABEL = {"grafana_dashboard": "1"}
 
-# Ports: the reference server, and the sidecar's proxy and admin ports (DESIGN.md).
-SERVER_PORT = 8000
-PROXY_PORT = 8080
-ADMIN_PORT = 9464
+# Ports: the reference server, and the sidecar's proxy, gRPC proxy and admin ports (DESIGN.md).
+SERVER_PORT = pod_ports.SERVER_PORT
+PROXY_PORT = pod_ports.PROXY_PORT
+GRPC_PROXY_PORT = pod_ports.GRPC_PROXY_PORT
+ADMIN_PORT = pod_ports.ADMIN_PORT
 SERVICE_PORT = 80
+GRPC_SERVICE_PORT = GRPC_PROXY_PORT  # gRPC clients name a port anyway: the pod's own number
 PROXY_PORT_NAME = "http"
+GRPC_PORT_NAME = "grpc"
 ADMIN_PORT_NAME = "metrics"
 SERVER_PORT_NAME = "model"
+SERVER_GRPC_PORT_NAME = "model-grpc"
+# Tells Services, gateways and meshes that the port speaks HTTP/2 without TLS (gRPC).
+GRPC_APP_PROTOCOL = "kubernetes.io/h2c"
 
 # The drain: Knative's quiet period, then the sidecar waits at most DRAIN_TIMEOUT for what is in
 # flight; the model server then finishes its own queue within SERVER_SHUTDOWN_TIMEOUT.
@@ -141,7 +148,7 @@ def server_container(options: GenerateOptions) -> dict[str, Any]:
             *("--shutdown-timeout", str(SERVER_SHUTDOWN_TIMEOUT)),
         ],
         "env": otel_env(options, SERVER_CONTAINER, options.deployment),
-        "ports": [{"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "ports": server_ports(options),
         "resources": {
             "requests": {"cpu": "2", "memory": "4Gi"},
             "limits": {"memory": "8Gi", "nvidia.com/gpu": 1},
@@ -168,7 +175,51 @@ def server_container(options: GenerateOptions) -> dict[str, Any]:
     }
 
 
+def server_ports(options: GenerateOptions) -> list[dict[str, Any]]:
+    ports = [{"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT, "protocol": "TCP"}]
+    if options.grpc_port:
+        # Documents the port (kubectl port-forward, debugging); the sidecar reaches it on
+        # 127.0.0.1 and the Service sends gRPC to the sidecar only.
+        ports.append(
+            {"name": SERVER_GRPC_PORT_NAME, "containerPort": options.grpc_port, "protocol": "TCP"}
+        )
+    return ports
+
+
+def sidecar_args(upstream_host: str, options: GenerateOptions) -> list[str]:
+    """``--grpc-listen``/``--grpc-upstream`` when the model server has a gRPC port."""
+    if not options.grpc_port:
+        return []
+    return [
+        *("--grpc-listen", f":{GRPC_PROXY_PORT}"),
+        *("--grpc-upstream", f"{upstream_host}:{options.grpc_port}"),
+    ]
+
+
+def sidecar_readiness_probe(options: GenerateOptions) -> dict[str, Any]:
+    """The pod's readiness, answered by the sidecar: ready only while the model server is
+    ready (checked in the background) and the sidecar is not draining.
+
+    HTTP ``GET /ready`` on the proxy port unless ``grpc_readiness_probe`` asks for the native
+    gRPC probe. With gRPC on, HTTP stays the default: the HTTP proxy port is always served and
+    both answers come from the same readiness, so either probe takes the pod out of the
+    endpoints at the same moment (the gRPC health status is copied from it every 0.2 s);
+    httpGet takes a named port while a grpc probe takes only a number, and grpc probes need
+    Kubernetes 1.24 or later (GA in 1.27). The gRPC probe is there for a pod whose clients
+    are all gRPC, so the probe checks the port they use.
+    """
+    timing = {"periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2}
+    if options.grpc_readiness_probe:
+        # grpc.health.v1.Health/Check with service "": what the sidecar sets.
+        return {"grpc": {"port": GRPC_PROXY_PORT}, **timing}
+    return {"httpGet": {"path": "/ready", "port": PROXY_PORT_NAME}, **timing}
+
+
 def sidecar_container(options: GenerateOptions) -> dict[str, Any]:
+    ports = [{"name": PROXY_PORT_NAME, "containerPort": PROXY_PORT, "protocol": "TCP"}]
+    if options.grpc_port:
+        ports.append({"name": GRPC_PORT_NAME, "containerPort": GRPC_PROXY_PORT, "protocol": "TCP"})
+    ports.append({"name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"})
     return {
         "name": SIDECAR_CONTAINER,
         "image": f"{SIDECAR_IMAGE}:{IMAGE_TAG}",
@@ -176,27 +227,18 @@ def sidecar_container(options: GenerateOptions) -> dict[str, Any]:
             "sidecar",
             *("--upstream", f"http://127.0.0.1:{SERVER_PORT}"),
             *("--listen", f":{PROXY_PORT}"),
+            *sidecar_args("127.0.0.1", options),
             *("--admin", f":{ADMIN_PORT}"),
             *("--drain-quiet-period", str(DRAIN_QUIET_PERIOD)),
             *("--drain-timeout", str(DRAIN_TIMEOUT)),
         ],
         "env": otel_env(options, SIDECAR_CONTAINER, f"{options.deployment}-sidecar"),
-        "ports": [
-            {"name": PROXY_PORT_NAME, "containerPort": PROXY_PORT, "protocol": "TCP"},
-            {"name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"},
-        ],
+        "ports": ports,
         "resources": {
             "requests": {"cpu": "250m", "memory": "128Mi"},
             "limits": {"memory": "512Mi"},
         },
-        # The pod's probes, answered by the sidecar on the serving port: ready only while the
-        # model server is ready (checked in the background) and the sidecar is not draining.
-        "readinessProbe": {
-            "httpGet": {"path": "/ready", "port": PROXY_PORT_NAME},
-            "periodSeconds": 5,
-            "timeoutSeconds": 2,
-            "failureThreshold": 2,
-        },
+        "readinessProbe": sidecar_readiness_probe(options),
         "livenessProbe": {
             "httpGet": {"path": "/health", "port": PROXY_PORT_NAME},
             "periodSeconds": 10,
@@ -244,21 +286,29 @@ def deployment(options: GenerateOptions) -> dict[str, Any]:
 
 
 def service(options: GenerateOptions) -> dict[str, Any]:
+    ports: list[dict[str, Any]] = [
+        {
+            "name": PROXY_PORT_NAME,
+            "port": SERVICE_PORT,
+            "targetPort": PROXY_PORT_NAME,
+            "protocol": "TCP",
+        }
+    ]
+    if options.grpc_port:
+        ports.append(
+            {
+                "name": GRPC_PORT_NAME,
+                "port": GRPC_SERVICE_PORT,
+                "targetPort": GRPC_PORT_NAME,
+                "protocol": "TCP",
+                "appProtocol": GRPC_APP_PROTOCOL,
+            }
+        )
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(options, options.deployment, labels=labels(options)),
-        "spec": {
-            "selector": selector(options),
-            "ports": [
-                {
-                    "name": PROXY_PORT_NAME,
-                    "port": SERVICE_PORT,
-                    "targetPort": PROXY_PORT_NAME,
-                    "protocol": "TCP",
-                }
-            ],
-        },
+        "spec": {"selector": selector(options), "ports": ports},
     }
 
 
@@ -345,6 +395,17 @@ DEPLOYMENT_NOTE = """\
 """
 
 
+def deployment_note(options: GenerateOptions) -> str:
+    if not options.grpc_port:
+        return DEPLOYMENT_NOTE
+    grpc = (
+        f"# gRPC: Service :{GRPC_SERVICE_PORT} -> sidecar :{GRPC_PROXY_PORT} -> model server "
+        f"127.0.0.1:{options.grpc_port}.\n"
+    )
+    first, _, rest = DEPLOYMENT_NOTE.partition("\n# Metrics:")
+    return f"{first}\n{grpc}# Metrics:{rest}"
+
+
 def _documents(*docs: dict[str, Any]) -> str:
     return yaml_text.HEADER + "---\n".join(yaml_text.dump(doc) for doc in docs)
 
@@ -367,7 +428,7 @@ def manifests(options: GenerateOptions) -> dict[str, str]:
             )
         ),
         f"{BASE}/deployment.yaml": yaml_text.HEADER
-        + DEPLOYMENT_NOTE
+        + deployment_note(options)
         + yaml_text.dump(deployment(options)),
         f"{BASE}/service.yaml": yaml_text.generated(service(options)),
         f"{BASE}/podmonitor.yaml": yaml_text.generated(pod_monitor(options)),

@@ -6,6 +6,15 @@ from dataclasses import dataclass, fields
 
 from inferwatch import schema
 
+# The pod's fixed ports, in deploy/kubernetes/ and compose/: the reference model server's HTTP
+# port, and the sidecar's HTTP proxy, gRPC proxy and admin ports (the containers share one
+# network namespace, so the model server's gRPC port must be none of these).
+SERVER_PORT = 8000
+PROXY_PORT = 8080
+GRPC_PROXY_PORT = 8081
+ADMIN_PORT = 9464
+POD_PORTS = (SERVER_PORT, PROXY_PORT, GRPC_PROXY_PORT, ADMIN_PORT)
+
 
 @dataclass(frozen=True)
 class GenerateOptions:
@@ -14,6 +23,13 @@ class GenerateOptions:
     # Kubernetes: where the model server runs.
     namespace: str = "default"
     deployment: str = "model-server"
+    # The model server's gRPC port (0: HTTP only, the default: the reference server has none).
+    # Set, the sidecar also proxies gRPC on GRPC_PROXY_PORT to 127.0.0.1:<grpc_port>, and the
+    # Service and compose publish that port.
+    grpc_port: int = 0
+    # With grpc_port: probe the sidecar's readiness with Kubernetes' native gRPC probe
+    # (grpc.health.v1 on GRPC_PROXY_PORT) instead of HTTP GET /ready; both read one readiness.
+    grpc_readiness_probe: bool = False
     # Autoscaling targets (the HPA's two pods metrics) and bounds.
     queue_length_target: int = 10
     p95_latency_target_ms: int = 100
@@ -53,6 +69,15 @@ class GenerateOptions:
             problems.append(f"slo_source must be 'sidecar' or 'app', got {self.slo_source!r}")
         if not 0 < self.min_replicas <= self.max_replicas:
             problems.append("need 0 < min_replicas <= max_replicas")
+        if not 0 <= self.grpc_port <= 65535:
+            problems.append(f"grpc_port must be 0 (off) or a port 1-65535, got {self.grpc_port}")
+        elif self.grpc_port in POD_PORTS:
+            problems.append(
+                f"grpc_port {self.grpc_port} is taken in the pod: the model server's and the "
+                f"sidecar's ports are {', '.join(map(str, POD_PORTS))}"
+            )
+        if self.grpc_readiness_probe and not self.grpc_port:
+            problems.append("grpc_readiness_probe needs grpc_port (there is no gRPC port)")
         if self.window_scale <= 0:
             problems.append("window_scale must be positive")
         if problems:
