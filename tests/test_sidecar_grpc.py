@@ -337,6 +337,11 @@ async def test_a_long_stream_in_flight_finishes_during_the_drain() -> None:
         drained = asyncio.ensure_future(sidecar.drain())
         await poll(lambda: sidecar.drainer is not None and sidecar.drainer.draining, "draining")
         assert not drained.done()
+        # Past the quiet period the gRPC port sent GOAWAY: a new connection is refused.
+        async with aio.insecure_channel(f"{LOOPBACK}:{sidecar.grpc_port}") as fresh:
+            with pytest.raises(aio.AioRpcError) as caught:
+                await fresh.unary_unary(ECHO + "Unary")(b"x", timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         release.set()
         assert await call.read() != grpc.aio.EOF
         assert await call.read() == grpc.aio.EOF

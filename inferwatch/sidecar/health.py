@@ -133,6 +133,9 @@ class Drainer:
         self._drained = asyncio.Event()
         self.begun = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Called once the quiet period is over, with the seconds left for in-flight requests
+        # (the gRPC server sends GOAWAY then: new calls go to other pods from there on).
+        self.quiet: list[Callable[[float], None]] = []
 
     # The proxy calls these two around every request: keep them tiny.
     def started(self) -> None:
@@ -172,6 +175,8 @@ class Drainer:
             await asyncio.sleep(min(remaining, max(deadline - time.monotonic(), 0.0)))
             if time.monotonic() >= deadline:
                 break
+        for listener in self.quiet:
+            listener(max(deadline - time.monotonic(), 0.0))
         if self.in_flight > 0:
             self._idle.clear()
             if self.in_flight > 0:

@@ -139,6 +139,7 @@ class Sidecar:
                 config, exchanges, admission, drainer, self._grpc_server.channel
             )
             self._grpc_server.add_proxy(self.grpc_proxy)
+            drainer.quiet.append(self._grpc_server.goaway)
             self.grpc_port = await self._grpc_server.listen(config.grpc_listen)
 
         if self._serve_admin:
