@@ -65,6 +65,8 @@ _NOT_FORWARDED = frozenset(("user-agent",))
 MAX_CACHED_METHODS = 1024
 HEALTH_SYNC_SECONDS = 0.2
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+# Calls grpc core may hold for the application before it refuses more (its default: 1,000).
+MAX_PENDING_CALLS = 100_000
 
 
 async def _first_message(requests: AsyncIterator[bytes]) -> bytes | None:
@@ -347,10 +349,18 @@ class GrpcServer:
             config.grpc_upstream, options=(*sizes, ("grpc.enable_retries", 0))
         )
         # grpcio sets SO_REUSEPORT by default: two sidecars would share a port unnoticed.
-        self.server = aio.server(options=(*sizes, ("grpc.so_reuseport", int(reuse_port))))
+        # grpc core cancels calls that wait for the application past its pending limits (1,000
+        # by default): a burst would end in CANCELLED the metrics never see. Admission is the
+        # sidecar's limit (UNAVAILABLE with a pushback, counted), so core's is set past it.
+        pending = (
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+        )
+        self.server = aio.server(options=(*sizes, *pending, ("grpc.so_reuseport", int(reuse_port))))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._sync: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     def add_proxy(self, proxy: GrpcProxy) -> None:
         self.server.add_generic_rpc_handlers((proxy,))
@@ -381,11 +391,19 @@ class GrpcServer:
             await asyncio.sleep(HEALTH_SYNC_SECONDS)
             await self._set_health()
 
+    def goaway(self, grace: float) -> None:
+        """Refuse new calls (GOAWAY: clients reconnect elsewhere) and give the calls still
+        running ``grace`` seconds; the drain calls it once its quiet period is over."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self.server.stop(grace))
+
     async def stop(self, grace: float) -> None:
-        """GOAWAY, then up to ``grace`` seconds for calls still running."""
+        """GOAWAY if not sent yet, then up to ``grace`` seconds for calls still running."""
         if self._sync is not None:
             self._sync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sync
-        await self.server.stop(grace)
+        self.goaway(grace)
+        assert self._stopping is not None
+        await self._stopping
         await self.channel.close()
