@@ -4,7 +4,9 @@ Methods of a test service (``/test.Echo/*``) cover the four RPC kinds on raw byt
 Inference Protocol methods answer with real messages (tritonclient's generated classes). The
 request's metadata steers failures: ``x-status: NOT_FOUND`` ends a call with that status,
 ``x-sleep: 2`` delays the answer, ``x-decoupled: 2`` answers each ModelStreamInfer request
-with two responses (the last marked ``triton_final_response``).
+with two responses (the last marked ``triton_final_response``), ``x-stream-error: why`` answers
+each with that ``error_message``. An inference's outputs echo its inputs (same name, datatype,
+shape and raw contents); ``ModelMetadata`` names the model with version "1".
 """
 
 from __future__ import annotations
@@ -51,20 +53,31 @@ async def _steer(context: aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode[status], f"upstream says {status}")
 
 
+def _echo(parsed: Any, response: Any) -> None:
+    """The request's input tensors as the response's outputs."""
+    for tensor in parsed.inputs:
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+    response.raw_output_contents.extend(parsed.raw_input_contents)
+
+
 def infer_response(request: bytes) -> bytes:
     parsed = service_pb2.ModelInferRequest.FromString(request)
     response = service_pb2.ModelInferResponse(
         model_name=parsed.model_name, model_version=parsed.model_version, id=parsed.id
     )
+    _echo(parsed, response)
     return response.SerializeToString()
 
 
-def stream_response(request: bytes, final: bool | None) -> bytes:
+def stream_response(request: bytes, final: bool | None, error: str = "") -> bytes:
     parsed = service_pb2.ModelInferRequest.FromString(request)
     response = service_pb2.ModelInferResponse(model_name=parsed.model_name, id=parsed.id)
+    _echo(parsed, response)
     if final is not None:
         response.parameters["triton_final_response"].bool_param = final
-    return service_pb2.ModelStreamInferResponse(infer_response=response).SerializeToString()
+    return service_pb2.ModelStreamInferResponse(
+        error_message=error, infer_response=response
+    ).SerializeToString()
 
 
 class _Handlers(grpc.GenericRpcHandler):
@@ -89,6 +102,7 @@ class _Handlers(grpc.GenericRpcHandler):
                 self.model_stream_infer
             ),
             OIP + "ServerReady": lambda: grpc.unary_unary_rpc_method_handler(self.server_ready),
+            OIP + "ModelMetadata": lambda: grpc.unary_unary_rpc_method_handler(self.model_metadata),
         }
         make = handlers.get(method)
         return make() if make is not None else None
@@ -136,19 +150,28 @@ class _Handlers(grpc.GenericRpcHandler):
         self, requests: AsyncIterator[bytes], context: aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         self._seen(context)
-        decoupled = int(dict(context.invocation_metadata() or ()).get("x-decoupled", "0"))
+        metadata = dict(context.invocation_metadata() or ())
+        decoupled = int(metadata.get("x-decoupled", "0"))
+        error = metadata.get("x-stream-error", "")
         async for request in requests:
             self.state.requests.append(request)
             if decoupled:
                 for index in range(decoupled):
-                    yield stream_response(request, final=index == decoupled - 1)
+                    yield stream_response(request, final=index == decoupled - 1, error=error)
             else:
-                yield stream_response(request, final=None)
+                yield stream_response(request, final=None, error=error)
         await _steer(context)
 
     async def server_ready(self, request: bytes, context: aio.ServicerContext) -> bytes:
         self._seen(context, request)
         return service_pb2.ServerReadyResponse(ready=True).SerializeToString()
+
+    async def model_metadata(self, request: bytes, context: aio.ServicerContext) -> bytes:
+        self._seen(context, request)
+        await _steer(context)
+        name = service_pb2.ModelMetadataRequest.FromString(request).name
+        response = service_pb2.ModelMetadataResponse(name=name, versions=["1"], platform="fake")
+        return response.SerializeToString()
 
 
 @asynccontextmanager
