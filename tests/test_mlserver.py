@@ -175,21 +175,11 @@ async def test_health_and_metadata_pass_through_uncounted(mlserver: MLServer) ->
         assert all_inferences(sidecar) == 0
 
 
-STREAM_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="sidecar bug: MLServer's ModelStreamInfer answers with ModelInferResponse, not "
-    "Triton's ModelStreamInferResponse; stream_response_end reads its field 1 (model_name) as "
-    "error_message, so each streamed inference of an unversioned model counts as server_error",
-)
-
-
 @pytest.mark.parametrize(
     "served",
     [
-        # Counted right only by accident: field 2 (model_version "v1") does not parse as a
-        # ModelInferResponse, so stream_response_end takes the whole answer as malformed.
         pytest.param("model", id="versioned"),
-        pytest.param("unversioned", id="unversioned", marks=STREAM_BUG),
+        pytest.param("unversioned", id="unversioned"),
     ],
 )
 async def test_mlserver_stream_infer_is_counted_as_a_success(

@@ -571,6 +571,19 @@ def test_stream_response_end() -> None:
     assert stream_response_end(plain.SerializeToString()) == (True, False)
 
 
+@pytest.mark.parametrize("version", ["", "v1", "2"])
+def test_a_plain_infer_response_on_the_stream_is_one_final_answer(version: str) -> None:
+    """MLServer answers ModelStreamInfer with ModelInferResponse, whose field 1 is the model
+    name (Triton's error_message) and field 2 the version (Triton's infer_response)."""
+    response = service_pb2.ModelInferResponse(model_name="iris", model_version=version, id="7")
+    output = response.outputs.add(name="predict", datatype="INT64", shape=[2])
+    output.contents.int64_contents.extend([0, 1])
+    assert stream_response_end(response.SerializeToString()) == (True, False)
+    bare = service_pb2.ModelInferResponse(model_name="iris", model_version=version)
+    bare.outputs.add(name="predict", datatype="INT64", shape=[0])
+    assert stream_response_end(bare.SerializeToString()) == (True, False)
+
+
 @pytest.mark.parametrize("data", [b"", b"\xff" * 9, b"\x12\x05\x22"])
 def test_malformed_stream_responses(data: bytes) -> None:
     assert stream_response_end(data) == (True, False)

@@ -447,16 +447,22 @@ def _response_is_final(response: memoryview) -> bool:
 
 
 def stream_response_end(message: bytes) -> tuple[bool, bool]:
-    """(final, error) of a Triton ``ModelStreamInferResponse``.
+    """(final, error) of a ``ModelStreamInfer`` response.
 
-    ``error``: the response carries an error message. ``final``: False only when the server
-    marks the response ``triton_final_response: false`` (decoupled models send several
-    responses per request, the last one final); a malformed message reads as (True, False).
+    Triton answers with ``ModelStreamInferResponse`` (error_message 1, infer_response 2):
+    ``error`` when it carries an error message; ``final`` False only when the server marks
+    it ``triton_final_response: false`` (decoupled models send several responses per request,
+    the last one final). MLServer answers the same method with a plain ``ModelInferResponse``
+    (model_name 1, model_version 2, id 3, parameters 4, outputs 5, raw_output_contents 6):
+    a field past 2 says which, and such a response is one final answer. A malformed message
+    reads as (True, False).
     """
     final = True
     error = False
     try:
         for field, _, value in iter_fields(message):
+            if field > 2:  # a plain ModelInferResponse: one whole answer
+                return True, False
             if not isinstance(value, memoryview):
                 continue
             if field == 1:
