@@ -55,7 +55,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,8 +164,10 @@ def running(
 
 
 @contextmanager
-def nginx(conf_body: str, port: int) -> Iterator[int]:
-    """nginx as the current user, one worker, everything under a temp prefix; yields its pid."""
+def nginx(conf_body: str, port: int, check: Callable[[int], None] | None = None) -> Iterator[int]:
+    """nginx as the current user, one worker, everything under a temp prefix; yields its pid.
+
+    check(port) proves it answers before anything is measured (default: one JSON POST)."""
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as prefix:
         conf = os.path.join(prefix, "nginx.conf")
         with open(conf, "w") as handle:
@@ -191,7 +193,7 @@ http {{
         cmd = ["nginx", "-p", prefix, "-c", conf]
         with running(cmd, stderr=subprocess.DEVNULL) as proc:
             wait_listening(port, proc)
-            post(port)
+            (check or post)(port)
             yield proc.pid
 
 
@@ -255,9 +257,18 @@ def check_runs_from(pid: int, root: Path) -> None:
 
 
 @contextmanager
-def sidecar(upstream_port: int, port: int, root: Path, workers: int = 1) -> Iterator[int]:
-    """The sidecar on root's source tree, checked to record requests; yields its pid."""
-    admin = free_port()
+def sidecar(
+    upstream_port: int,
+    port: int,
+    root: Path,
+    workers: int = 1,
+    extra: Sequence[str] = (),
+    admin: int | None = None,
+) -> Iterator[int]:
+    """The sidecar on root's source tree, checked to record requests; yields its pid. extra:
+    more sidecar flags (bench_grpc's --grpc-listen and --grpc-upstream); admin: its admin port
+    when the caller reads its /metrics (default: a free one)."""
+    admin = admin or free_port()
     cmd = [
         sys.executable,
         "-c",
@@ -278,6 +289,7 @@ def sidecar(upstream_port: int, port: int, root: Path, workers: int = 1) -> Iter
         "0",
         "--workers",
         str(workers),
+        *extra,
     ]
     with running(cmd, env=source_env(root), cwd=root) as proc:
         wait_listening(port, proc)
