@@ -48,6 +48,7 @@ from inferwatch.sidecar.health import Drainer, Readiness
 log = logging.getLogger(__name__)
 
 Upstream = aio.StreamStreamMultiCallable[bytes, bytes]
+UnaryUpstream = aio.UnaryUnaryMultiCallable[bytes, bytes]
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 # Methods that answer with a stream: their time to first response is measured.
@@ -67,6 +68,9 @@ HEALTH_SYNC_SECONDS = 0.2
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 # Calls grpc core may hold for the application before it refuses more (its default: 1,000).
 MAX_PENDING_CALLS = 100_000
+# A caller's deadline passes on its side first (our copy starts when its headers arrive), and
+# it cancels the call: a cancel this close to the deadline is the deadline.
+DEADLINE_SLACK_SECONDS = 0.25
 
 
 async def _first_message(requests: AsyncIterator[bytes]) -> bytes | None:
@@ -84,11 +88,22 @@ async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIter
             yield message
 
 
+async def _pass_metadata(
+    context: aio.ServicerContext, initial: Metadata | None, trailing: Metadata | None
+) -> None:
+    """The upstream's initial and trailing metadata to the caller. Empty initial metadata
+    goes out with the answer by itself: sending it apart costs grpc core an extra operation."""
+    if initial:
+        await context.send_initial_metadata(initial)
+    if trailing:
+        context.set_trailing_metadata(trailing)
+
+
 def _broken_reason(exc: BaseException, context: aio.ServicerContext) -> str:
     """Why a call ended without a status from the upstream: the caller's deadline passed, the
     caller went away (cancelled), or the relay itself failed."""
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    if remaining is not None and remaining <= DEADLINE_SLACK_SECONDS:
         return schema.REASON_TIMEOUT
     if isinstance(exc, asyncio.CancelledError) or context.cancelled():
         return schema.REASON_CANCELLED
@@ -119,13 +134,82 @@ class GrpcProxy(grpc.GenericRpcHandler):
         handler = self._handlers.get(method)
         if handler is None:
             route = classify_method(method)
-            upstream: Upstream = self.channel.stream_stream(method)  # raw bytes both ways
-            handler = grpc.stream_stream_rpc_method_handler(
-                partial(self._call, method, route, upstream)
-            )
+            if route.unary:  # grpcio's unary path costs a fraction of its streaming one
+                unary: UnaryUpstream = self.channel.unary_unary(method)  # raw bytes both ways
+                handler = grpc.unary_unary_rpc_method_handler(
+                    partial(self._call_unary, route, unary)
+                )
+            else:
+                upstream: Upstream = self.channel.stream_stream(method)  # raw bytes both ways
+                handler = grpc.stream_stream_rpc_method_handler(
+                    partial(self._call, method, route, upstream)
+                )
             if len(self._handlers) < MAX_CACHED_METHODS:
                 self._handlers[method] = handler
         return handler
+
+    # --- one unary call (a known method: one message each way) ----------------------------------
+
+    async def _call_unary(
+        self,
+        route: GrpcRoute,
+        upstream: UnaryUpstream,
+        request: bytes,
+        context: aio.ServicerContext,
+    ) -> bytes | None:
+        start = perf_counter()
+        drainer = self.drainer
+        drainer.started()
+        try:
+            exchange = self._open(route, request if route.is_inference else None, start)
+            admission = self.admission
+            if admission is not None:
+                rejected = await admit(admission, exchange)
+                if rejected is not None:
+                    await self._answer_overloaded(context, rejected)
+                    return None
+            try:
+                return await self._relay_unary(upstream, request, exchange, context)
+            finally:
+                if admission is not None:
+                    admission.release()
+        finally:
+            drainer.finished()
+
+    async def _relay_unary(
+        self,
+        upstream: UnaryUpstream,
+        request: bytes,
+        exchange: Exchange,
+        context: aio.ServicerContext,
+    ) -> bytes | None:
+        """Forward one message, answer with the upstream's; its status decides the outcome."""
+        metadata = self.upstream_metadata(context)
+        exchange.forwarding()
+        try:
+            call = upstream(request, metadata=metadata, timeout=context.time_remaining())
+            try:
+                response = await call
+            except aio.AioRpcError as err:  # the upstream's status, or its connection's
+                await _pass_metadata(context, err.initial_metadata(), err.trailing_metadata())
+                context.set_code(err.code())
+                context.set_details(err.details() or "")
+                reason = reason_for_grpc_status(err.code().name) or schema.REASON_SERVER_ERROR
+                exchange.failed(reason)
+                return None
+            except BaseException:
+                call.cancel()
+                raise
+            await _pass_metadata(
+                context, await call.initial_metadata(), await call.trailing_metadata()
+            )
+        except BaseException as exc:
+            exchange.failed(_broken_reason(exc, context))
+            raise
+        finally:
+            exchange.forwarded()
+        exchange.succeeded()
+        return response
 
     # --- one call ------------------------------------------------------------------------------
 

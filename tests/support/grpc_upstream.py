@@ -36,6 +36,7 @@ class GrpcUpstream:
     metadata: list[dict[str, Any]] = field(default_factory=list)
     requests: list[bytes] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: set[str] = field(default_factory=set)  # the x-call metadata of every call seen
 
     @property
     def target(self) -> str:
@@ -85,7 +86,10 @@ class _Handlers(grpc.GenericRpcHandler):
         self.state = state
 
     def _seen(self, context: aio.ServicerContext, message: bytes | None = None) -> None:
-        self.state.metadata.append(dict(context.invocation_metadata() or ()))
+        metadata = dict(context.invocation_metadata() or ())
+        self.state.metadata.append(metadata)
+        if "x-call" in metadata:
+            self.state.calls.add(metadata["x-call"])
         if message is not None:
             self.state.requests.append(message)
         self.state.started.set()
@@ -179,7 +183,12 @@ async def running_grpc_upstream(
     options: tuple[tuple[str, Any], ...] = (),
 ) -> AsyncIterator[GrpcUpstream]:
     state = GrpcUpstream()
-    server = aio.server(options=options)
+    # grpc core cancels calls past 1,000 waiting for the application: a load test's burst.
+    pending = (
+        ("grpc.server.max_pending_requests", 100_000),
+        ("grpc.server.max_pending_requests_hard_limit", 100_000),
+    )
+    server = aio.server(options=(*pending, *options))
     server.add_generic_rpc_handlers((_Handlers(state),))
     state.port = server.add_insecure_port(f"{LOOPBACK}:0")
     await server.start()

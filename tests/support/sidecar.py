@@ -71,6 +71,7 @@ class SidecarProcess:
     process: asyncio.subprocess.Process
     port: int
     admin_port: int
+    grpc_port: int = 0  # with grpc_upstream: the gRPC proxy's port
 
     @property
     def proxy_url(self) -> str:
@@ -88,21 +89,30 @@ async def sidecar_process(
     env: Mapping[str, str] | None = None,
     log_level: str = "WARNING",
     ready_timeout: float = 60.0,
+    grpc_upstream: str | None = None,
 ) -> AsyncIterator[SidecarProcess]:
     """``inferwatch sidecar --upstream UPSTREAM FLAGS`` on free loopback ports, yielded once its
     proxy port answers /ready; stopped (SIGTERM, then SIGKILL) at the end if still running.
 
-    Its output goes to the test's, so a failing test shows the sidecar's log.
+    Its output goes to the test's, so a failing test shows the sidecar's log. With
+    ``grpc_upstream`` it also proxies gRPC, on a free port (``grpc_port``).
     """
     port, admin_port = free_port(), free_port()
+    grpc_port = free_port() if grpc_upstream is not None else 0
+    grpc_flags = (
+        ("--grpc-listen", f"{LOOPBACK}:{grpc_port}", "--grpc-upstream", grpc_upstream)
+        if grpc_upstream is not None
+        else ()
+    )
     command = inferwatch_command(
         *("--log-level", log_level, "sidecar", "--upstream", upstream),
         *("--listen", f"{LOOPBACK}:{port}", "--admin", f"{LOOPBACK}:{admin_port}"),
+        *grpc_flags,
         *flags,
     )
     process = await asyncio.create_subprocess_exec(*command, env=env)
     try:
-        sidecar = SidecarProcess(process, port, admin_port)
+        sidecar = SidecarProcess(process, port, admin_port, grpc_port)
         await wait_for_http(sidecar.proxy_url + "/ready", process, ready_timeout)
         yield sidecar
     finally:
