@@ -299,6 +299,25 @@ async def test_admission_overflow_is_unavailable_with_a_retry_pushback_and_count
         assert in_flight(sidecar) == (0, 0)
 
 
+async def test_a_deadline_that_passes_in_the_admission_queue_counts_as_timeout() -> None:
+    async with grpc_sidecar(max_concurrency=1, max_queue=4, queue_timeout=30) as (
+        sidecar,
+        channel,
+        up,
+    ):
+        assert up is not None
+        held = channel.unary_unary(MODEL_INFER)(infer_request(), metadata=(("x-sleep", "2"),))
+        await poll(lambda: up.started.is_set(), "the first call to hold the slot")
+        with pytest.raises(aio.AioRpcError) as caught:
+            await channel.unary_unary(MODEL_INFER)(infer_request(), timeout=0.3)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await poll(lambda: failures(sidecar, schema.REASON_TIMEOUT) == 1, "the timeout counted")
+        await held
+        assert failures(sidecar, schema.REASON_CANCELLED) == 0
+        assert inferences(sidecar, "success") == 1
+        await poll(lambda: in_flight(sidecar) == (0, 0), "the gauges back at 0")
+
+
 async def health_status(channel: aio.Channel) -> int:
     stub = health_pb2_grpc.HealthStub(channel)
     response = await stub.Check(health_pb2.HealthCheckRequest(service=""))

@@ -243,8 +243,31 @@ def test_every_tf_serving_and_torchserve_method(protos) -> None:
     ],
 )
 def test_other_methods_are_not_inferences(method: str, protocol: str, route: str) -> None:
-    assert classify_method(method) == GrpcRoute(protocol, False, False, None, route)
+    found = classify_method(method)
+    assert found == GrpcRoute(protocol, False, False, None, route, unary=found.unary)
+    # Only known methods are known to be unary; the others go by the streaming path.
+    streaming = method.endswith(("/Watch", "/ServerReflectionInfo"))
+    assert found.unary == (method == route and not streaming)
     assert parse(method, oip_request()) == UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("method", "unary"),
+    [
+        ("/inference.GRPCInferenceService/ModelInfer", True),
+        ("/inference.GRPCInferenceService/ModelStreamInfer", False),
+        ("/inference.GRPCInferenceService/ServerReady", True),
+        ("/tensorflow.serving.PredictionService/Predict", True),
+        ("/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions", True),
+        ("/org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions", False),
+        ("/org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions2", False),
+        ("/grpc.health.v1.Health/Watch", False),
+        ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", False),
+        ("/my.company.Scorer/Score", False),
+    ],
+)
+def test_unary_methods_are_known_ones_with_one_message_each_way(method: str, unary: bool) -> None:
+    assert classify_method(method).unary is unary
 
 
 def test_classification_is_cached_and_routes_stay_bounded() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 
 from inferwatch import schema
 from inferwatch.sidecar.exchange import Exchange
@@ -93,10 +94,15 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(Rejected(queued=True))
 
 
-async def admit(admission: Admission, exchange: Exchange) -> Rejected | None:
+async def admit(
+    admission: Admission,
+    exchange: Exchange,
+    cancelled_reason: Callable[[], str] | None = None,
+) -> Rejected | None:
     """A slot for ``exchange``, at once or after queueing for one (each step reported to the
     exchange); the rejection when none came, for the transport to answer. The caller releases
-    the slot."""
+    the slot. Cancelled while queued, the exchange fails with ``cancelled_reason()`` (gRPC:
+    ``timeout`` when the caller's deadline passed), by default ``cancelled``."""
     if admission.try_acquire():
         exchange.admitted()
         return None
@@ -107,7 +113,7 @@ async def admit(admission: Admission, exchange: Exchange) -> Rejected | None:
         exchange.rejected(exc.queued)
         return exc
     except asyncio.CancelledError:
-        exchange.failed(schema.REASON_CANCELLED)
+        exchange.failed(schema.REASON_CANCELLED if cancelled_reason is None else cancelled_reason())
         raise
     exchange.admitted()
     return None

@@ -18,7 +18,7 @@ encoder repeats a singular field (protobuf would keep the last or merge), the fi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -69,6 +69,7 @@ class GrpcRoute:
     per_message: bool  # each request message is one inference (a bidirectional stream)
     parse: RequestParser | None  # None when not an inference
     route: str  # "/pkg.Service/Method" for known methods; a bounded "/pkg.Service/*" else
+    unary: bool = False  # known to take one message and answer one (False: unknown or streaming)
 
 
 # --- field readers -------------------------------------------------------------------------
@@ -357,7 +358,23 @@ def _known_routes() -> dict[str, GrpcRoute]:
     for version in ("v1", "v1alpha"):
         service = f"grpc.reflection.{version}.ServerReflection"
         add(_not_inference(PROTOCOL_OTHER, f"/{service}/ServerReflectionInfo"))
-    return routes
+    return {
+        method: route if method in _STREAMING_METHODS else replace(route, unary=True)
+        for method, route in routes.items()
+    }
+
+
+# The known methods with a stream on either side; every other known method is unary.
+_STREAMING_METHODS = frozenset(
+    (
+        f"/{OIP_SERVICE}/ModelStreamInfer",
+        f"/{TORCHSERVE_INFERENCE_SERVICE}/StreamPredictions",
+        f"/{TORCHSERVE_INFERENCE_SERVICE}/StreamPredictions2",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    )
+)
 
 
 _KNOWN_ROUTES = _known_routes()

@@ -89,7 +89,7 @@ async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIter
 
 
 async def _pass_metadata(
-    context: aio.ServicerContext, initial: Metadata | None, trailing: Metadata | None
+    context: aio.ServicerContext, initial: aio.Metadata | None, trailing: aio.Metadata | None
 ) -> None:
     """The upstream's initial and trailing metadata to the caller. Empty initial metadata
     goes out with the answer by itself: sending it apart costs grpc core an extra operation."""
@@ -97,6 +97,10 @@ async def _pass_metadata(
         await context.send_initial_metadata(initial)
     if trailing:
         context.set_trailing_metadata(trailing)
+
+
+def _deadline_or_cancel(context: aio.ServicerContext) -> str:
+    return _broken_reason(asyncio.CancelledError(), context)
 
 
 def _broken_reason(exc: BaseException, context: aio.ServicerContext) -> str:
@@ -164,7 +168,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
             exchange = self._open(route, request if route.is_inference else None, start)
             admission = self.admission
             if admission is not None:
-                rejected = await admit(admission, exchange)
+                rejected = await admit(admission, exchange, partial(_deadline_or_cancel, context))
                 if rejected is not None:
                     await self._answer_overloaded(context, rejected)
                     return None
@@ -243,7 +247,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
         exchange = self._open(route, first, start)
         admission = self.admission
         if admission is not None:
-            rejected = await admit(admission, exchange)
+            rejected = await admit(admission, exchange, partial(_deadline_or_cancel, context))
             if rejected is not None:
                 await self._answer_overloaded(context, rejected)
                 return

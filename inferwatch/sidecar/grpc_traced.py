@@ -10,19 +10,74 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
+from typing import Any
 
 from grpc import aio
 
 from inferwatch import tracing
 from inferwatch.sidecar.grpc_protocols import GrpcRoute
-from inferwatch.sidecar.grpc_proxy import GrpcProxy, Metadata, Upstream
+from inferwatch.sidecar.grpc_proxy import GrpcProxy, Metadata, UnaryUpstream, Upstream
 
 _TRACE_KEYS = frozenset(("traceparent", "tracestate"))
 # The trace metadata this call sends upstream (each gRPC call runs in a task of its own).
 _outgoing: ContextVar[Metadata] = ContextVar("inferwatch_grpc_trace_metadata", default=())
 
 
+class _CallSpan:
+    """The SERVER span of one call, current inside the ``with`` block; for a call that is not
+    sampled, no span: only a ``traceparent`` of its own goes upstream."""
+
+    __slots__ = ("_context", "_span")
+
+    def __init__(self, method: str, route: GrpcRoute, context: aio.ServicerContext) -> None:
+        self._context = context
+        self._span: tracing.ServerSpan | None = None
+        incoming = {
+            key: value
+            for key, value in context.invocation_metadata() or ()
+            if key in _TRACE_KEYS and isinstance(value, str)
+        }
+        unsampled = tracing.unsampled_traceparent(incoming.get("traceparent"))
+        if unsampled is not None:
+            _outgoing.set((("traceparent", unsampled),))
+            return
+        service, _, name = method.lstrip("/").partition("/")
+        self._span = tracing.ServerSpan(
+            route.route,
+            incoming,
+            {
+                tracing.ATTR_RPC_SYSTEM: "grpc",
+                tracing.ATTR_RPC_SERVICE: service,
+                tracing.ATTR_RPC_METHOD: name,
+            },
+        )
+        _outgoing.set(tuple(self._span.propagation_headers().items()))
+
+    def __enter__(self) -> None:
+        if self._span is not None:
+            self._span.__enter__()
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        span = self._span
+        if span is None:
+            return
+        span.__exit__(exc_type, exc, tb)
+        code = self._context.code()
+        span.set_attributes({tracing.ATTR_RPC_GRPC_STATUS: code.value[0] if code else 0})
+        span.finish(0, exc)
+
+
 class TracedGrpcProxy(GrpcProxy):
+    async def _call_unary(
+        self,
+        route: GrpcRoute,
+        upstream: UnaryUpstream,
+        request: bytes,
+        context: aio.ServicerContext,
+    ) -> bytes | None:
+        with _CallSpan(route.route, route, context):  # unary routes are known methods
+            return await super()._call_unary(route, upstream, request, context)
+
     async def _proxy(
         self,
         method: str,
@@ -32,38 +87,8 @@ class TracedGrpcProxy(GrpcProxy):
         context: aio.ServicerContext,
         start: float,
     ) -> None:
-        incoming = {
-            key: value
-            for key, value in context.invocation_metadata() or ()
-            if key in _TRACE_KEYS and isinstance(value, str)
-        }
-        unsampled = tracing.unsampled_traceparent(incoming.get("traceparent"))
-        if unsampled is not None:  # not sampled: no span, only a traceparent of its own
-            _outgoing.set((("traceparent", unsampled),))
+        with _CallSpan(method, route, context):
             await super()._proxy(method, route, upstream, requests, context, start)
-            return
-        service, _, name = method.lstrip("/").partition("/")
-        span = tracing.ServerSpan(
-            route.route,
-            incoming,
-            {
-                tracing.ATTR_RPC_SYSTEM: "grpc",
-                tracing.ATTR_RPC_SERVICE: service,
-                tracing.ATTR_RPC_METHOD: name,
-            },
-        )
-        _outgoing.set(tuple(span.propagation_headers().items()))
-        error: BaseException | None = None
-        try:
-            with span:
-                await super()._proxy(method, route, upstream, requests, context, start)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            code = context.code()
-            span.set_attributes({tracing.ATTR_RPC_GRPC_STATUS: code.value[0] if code else 0})
-            span.finish(0, error)
 
     def upstream_metadata(self, context: aio.ServicerContext) -> Metadata:
         kept = tuple(
