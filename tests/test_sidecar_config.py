@@ -221,3 +221,46 @@ def test_cli_reports_a_bad_value_and_exits_2() -> None:
         "inferwatch sidecar: bad configuration: max_concurrency (command line, "
         "--max-concurrency): must be >= 0"
     )
+
+
+def test_grpc_is_off_unless_given() -> None:
+    config = load_config({"upstream": "http://127.0.0.1:8000"}, env={})
+    assert config.grpc_listen is None and config.grpc_upstream == ""
+    assert config.grpc_max_message_bytes == 256 * 1024 * 1024
+
+
+def test_grpc_fields_from_flags_env_and_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(
+        "upstream: http://model:8000\ngrpc_listen: ':8081'\ngrpc_upstream: 'model:8001'\n"
+    )
+    config = load_config(flags("--config", str(path)), env={})
+    assert (config.grpc_listen, config.grpc_upstream) == (Address("", 8081), "model:8001")
+    env = {"INFERWATCH_SIDECAR_GRPC_UPSTREAM": "[::1]:9001"}
+    config = load_config(flags("--config", str(path), "--grpc-listen", "127.0.0.1:0"), env=env)
+    assert (config.grpc_listen, config.grpc_upstream) == (Address("127.0.0.1", 0), "[::1]:9001")
+    # A worker process gets the same configuration back.
+    assert from_dict(config.to_dict()) == config
+    assert from_dict(load_config({"upstream": "http://m:1"}, env={}).to_dict()).grpc_listen is None
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"grpc_listen": ":8081"}, "grpc_upstream: needed with grpc_listen"),
+        ({"grpc_upstream": "m:8001"}, "grpc_listen: needed with grpc_upstream"),
+        ({"grpc_listen": ":8081", "grpc_upstream": "http://m:8001"}, "grpc_upstream"),
+        ({"grpc_listen": ":8081", "grpc_upstream": "m"}, "grpc_upstream"),
+        ({"grpc_listen": ":8081", "grpc_upstream": ":8001"}, "grpc_upstream"),
+        ({"grpc_listen": "nope", "grpc_upstream": "m:8001"}, "grpc_listen"),
+        ({"grpc_listen": ":8081", "grpc_upstream": "m:1", "grpc_max_message_bytes": 0}, "grpc_max"),
+        (
+            {"grpc_listen": ":0", "grpc_upstream": "m:1", "workers": 2, "listen": ":8080"},
+            "grpc_listen: workers > 1",
+        ),
+    ],
+)
+def test_bad_grpc_settings_name_the_field(values: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"upstream": "http://127.0.0.1:8000", **values}, env={})
+    assert str(caught.value).startswith(field)
