@@ -212,6 +212,11 @@ class GrpcProxy(grpc.GenericRpcHandler):
             raise
         finally:
             exchange.forwarded()
+        if response is None:  # OK without a (readable) message: grpcio would answer b""
+            context.set_code(grpc.StatusCode.INTERNAL)
+            context.set_details("the upstream answered OK without a message")
+            exchange.failed(schema.REASON_SERVER_ERROR)
+            return None
         exchange.succeeded()
         return response
 
