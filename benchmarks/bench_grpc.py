@@ -40,7 +40,7 @@ and prints the ratio (target: gRPC at most 2x HTTP). Needs nginx with the http_v
 modules (Debian's nginx has both), h2load and, for ``--compare-http``, hey. Takes about 35 s
 (45 s with ``--compare-http``).
 
-    .venv/bin/python benchmarks/bench_grpc.py [--seconds 4] [--compare-http]
+    .venv/bin/python benchmarks/bench_grpc.py [--seconds 4] [--compare-http] [--no-nginx]
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ def measure(port: int, seconds: float, pid: int | None, files: LoadFiles, label:
     return Row(saturation(port, seconds, files, label), fixed)
 
 
-def run(seconds: float, compare_http: bool) -> None:
+def run(seconds: float, compare_http: bool, with_nginx: bool = True) -> None:
     """Direct, inferwatch and nginx grpc_pass against one upstream; optionally HTTP's CPU."""
     rows: dict[str, Row] = {}
     at_1000: Fixed | None = None
@@ -352,9 +352,10 @@ def run(seconds: float, compare_http: bool) -> None:
                     raise RuntimeError(f"{sent} RPCs sent, the sidecar counted {counted} successes")
                 progress("inferwatch", f"the sidecar counted {counted:,} successes = RPCs sent")
 
-            port = free_port()
-            with nginx(grpc_proxy_conf(up_port), port, check_calls) as pid:
-                rows["nginx grpc_pass"] = measure(port, seconds, pid, files, "nginx grpc_pass")
+            if with_nginx:
+                port = free_port()
+                with nginx(grpc_proxy_conf(up_port), port, check_calls) as pid:
+                    rows["nginx grpc_pass"] = measure(port, seconds, pid, files, "nginx grpc_pass")
 
     http_cpu = None
     if compare_http:
@@ -387,16 +388,18 @@ def report(rows: dict[str, Row], at_1000: Fixed | None, http_cpu: float | None) 
                 else f"{'—':>9}{'—':>9}{'—':>14}"
             )
         )
-    iw, ng = rows["inferwatch"], rows["nginx grpc_pass"]
+    iw, ng = rows["inferwatch"], rows.get("nginx grpc_pass")
     added_p50, added_p99 = iw.fixed.p50_ms - direct.p50_ms, iw.fixed.p99_ms - direct.p99_ms
     print()
-    print(f"inferwatch / nginx saturation RPC/s:   {iw.saturation.rps / ng.saturation.rps:.2f}")
+    if ng is not None:
+        print(f"inferwatch / nginx saturation RPC/s:   {iw.saturation.rps / ng.saturation.rps:.2f}")
     print(
         f"inferwatch added p50 / p99 at {RATE}/s:   {added_p50:.3f} / {added_p99:.3f} ms "
         f"(targets <= 0.5 / 2.0: {'met' if added_p50 <= 0.5 and added_p99 <= 2.0 else 'NOT met'})"
     )
-    cpu_ratio = iw.fixed.cpu_per_1000 / ng.fixed.cpu_per_1000
-    print(f"inferwatch / nginx CPU per RPC:        {cpu_ratio:.1f}")
+    if ng is not None:
+        cpu_ratio = iw.fixed.cpu_per_1000 / ng.fixed.cpu_per_1000
+        print(f"inferwatch / nginx CPU per RPC:        {cpu_ratio:.1f}")
     if at_1000 is not None and http_cpu is not None:
         ratio = at_1000.cpu_per_1000 / http_cpu
         print(
@@ -414,6 +417,11 @@ def main() -> int:
         action="store_true",
         help="also the sidecar's CPU per HTTP request (bench_sidecar's run) and the ratio",
     )
+    parser.add_argument(
+        "--no-nginx",
+        action="store_true",
+        help="skip the nginx grpc_pass path (quicker A/B runs of the sidecar alone)",
+    )
     args = parser.parse_args()
     tools = {"nginx": "nginx", "h2load": "nghttp2-client"}
     if args.compare_http:
@@ -427,7 +435,7 @@ def main() -> int:
         flush=True,
     )
     try:
-        run(args.seconds, args.compare_http)
+        run(args.seconds, args.compare_http, not args.no_nginx)
     except (RuntimeError, subprocess.CalledProcessError, grpc.RpcError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
