@@ -51,6 +51,7 @@ class ModelInstruments:
     __slots__ = (
         "_exemplar_copies",
         "_failures_family",
+        "_finish_family",
         "model_name",
         "model_version",
         "source",
@@ -79,6 +80,7 @@ class ModelInstruments:
                 child = metric.labels(*labels, *held.values)
             setattr(self, held.attribute, child)
         self._failures_family = metrics.families[schema.INFERENCE_FAILURES.name]
+        self._finish_family = metrics.families[schema.FINISH_REASONS_TOTAL.name]
         self._exemplar_copies: dict[Exemplar, ModelInstruments] = {}
 
     def record_failure(self, reason: str) -> None:
@@ -92,6 +94,15 @@ class ModelInstruments:
                 self.source, self.model_name, self.model_version, reason
             )
             self.failures[reason] = child
+        child.inc()
+
+    def record_finish(self, reason: str | None) -> None:
+        """Count one generation's finish reason; one outside the schema's counts as ``other``."""
+        value = reason if reason in schema.FINISH_REASONS else schema.FINISH_OTHER
+        child = self.finish_reasons.get(value)
+        if child is None:
+            child = self._finish_family.labels(self.source, self.model_name, value)
+            self.finish_reasons[value] = child
         child.inc()
 
     def with_exemplars(self, exemplar: Exemplar) -> ModelInstruments:

@@ -66,6 +66,20 @@ SERVER_SIDE_REASONS = (
 TOKEN_INPUT = "input"
 TOKEN_OUTPUT = "output"
 
+# model_inference_finish_reasons_total{reason}: why a generation ended (OpenAI's finish_reason).
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"  # truncated at max_tokens: what operators alert on
+FINISH_TOOL_CALLS = "tool_calls"
+FINISH_CONTENT_FILTER = "content_filter"
+FINISH_OTHER = "other"
+FINISH_REASONS = (
+    FINISH_STOP,
+    FINISH_LENGTH,
+    FINISH_TOOL_CALLS,
+    FINISH_CONTENT_FILTER,
+    FINISH_OTHER,
+)
+
 # Value that unbounded label values (model names from requests) fold into.
 OTHER = "other"
 UNKNOWN = "unknown"
@@ -158,6 +172,96 @@ TTFB_BUCKETS: tuple[float, ...] = (
     30.0,
     60.0,
     120.0,
+)
+
+# Time to first token: LLM SLOs sit at 0.5-2 s; dense there (no bucket wider than 12.5% of its
+# lower bound from 0.4 to 2.5 s), coarser down to 10 ms and up to two minutes.
+TTFT_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.35,
+    0.4,
+    0.45,
+    0.5,
+    0.55,
+    0.6,
+    0.675,
+    0.75,
+    0.85,
+    0.95,
+    1.05,
+    1.15,
+    1.3,
+    1.45,
+    1.6,
+    1.8,
+    2.0,
+    2.25,
+    2.5,
+    3.0,
+    4.0,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+)
+
+# Time per output token: SLOs at 20-100 ms, fast GPUs reach 5 ms; no bucket wider than 12.5% of
+# its lower bound from 4 ms to 110 ms.
+TPOT_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.0045,
+    0.005,
+    0.0055,
+    0.006,
+    0.0065,
+    0.007,
+    0.0075,
+    0.008,
+    0.009,
+    0.01,
+    0.011,
+    0.012,
+    0.0135,
+    0.015,
+    0.0165,
+    0.018,
+    0.02,
+    0.0225,
+    0.025,
+    0.0275,
+    0.03,
+    0.0335,
+    0.037,
+    0.041,
+    0.045,
+    0.05,
+    0.055,
+    0.06,
+    0.0675,
+    0.075,
+    0.0825,
+    0.09,
+    0.1,
+    0.11,
+    0.125,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
 )
 
 # Items per request or per executed batch: powers of two, 128 and above land in +Inf.
@@ -326,6 +430,41 @@ TOKENS = Family(
     ),
 )
 
+TIME_TO_FIRST_TOKEN = Family(
+    "model_inference_time_to_first_token_seconds",
+    "histogram",
+    "Time from arrival (sidecar) or call (app) to the first chunk carrying generated output.",
+    ("source", "model_name", "model_version"),
+    TTFT_BUCKETS,
+    unit="seconds",
+    per_model=(PerModel("ttft"),),
+    exemplars=True,
+)
+TIME_PER_OUTPUT_TOKEN = Family(
+    "model_inference_time_per_output_token_seconds",
+    "histogram",
+    "Per streamed generation: (end - first token) / (output tokens - 1).",
+    ("source", "model_name", "model_version"),
+    TPOT_BUCKETS,
+    unit="seconds",
+    per_model=(PerModel("tpot"),),
+    exemplars=True,
+)
+FINISH_REASONS_TOTAL = Family(
+    "model_inference_finish_reasons_total",
+    "counter",
+    "Generations ended, by finish reason (stop, length, tool_calls, content_filter, other).",
+    ("source", "model_name", "reason"),
+    # Created on first use: a model that never generates text keeps no such series.
+    per_model=(
+        PerModel(
+            "finish_reasons",
+            by_value=FINISH_REASONS,
+            preset=((SOURCE_SIDECAR, ()), (SOURCE_APP, ())),
+        ),
+    ),
+)
+
 INFERENCE_FAMILIES: tuple[Family, ...] = (
     INFERENCE_TOTAL,
     INFERENCE_FAILURES,
@@ -336,6 +475,9 @@ INFERENCE_FAMILIES: tuple[Family, ...] = (
     ACTIVE_REQUESTS,
     QUEUE_LENGTH,
     TOKENS,
+    TIME_TO_FIRST_TOKEN,
+    TIME_PER_OUTPUT_TOKEN,
+    FINISH_REASONS_TOTAL,
 )
 
 # --- GPU label values (NVML) ------------------------------------------------------------------
