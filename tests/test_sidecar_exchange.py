@@ -114,6 +114,7 @@ def test_the_null_exchange_overrides_every_transition() -> None:
         if not name.startswith("_")
     }
     assert transitions >= {"queued", "admitted", "rejected", "succeeded", "failed"}
+    assert transitions >= {"first_token", "generated", "finished", "tokens", "first_byte"}
     inherited = {name for name in transitions if name not in vars(NullExchange)}
     assert inherited == set()
     assert isinstance(NO_EXCHANGE, NullExchange)
@@ -130,6 +131,87 @@ def test_the_null_exchange_records_nothing(registry: CollectorRegistry) -> None:
     NO_EXCHANGE.forwarded()
     NO_EXCHANGE.rejected(True)
     NO_EXCHANGE.failed(schema.REASON_SERVER_ERROR)
+    NO_EXCHANGE.succeeded()
+    after = {s.name: s.value for f in registry.collect() for s in f.samples}
+    assert after == before
+
+
+# --- a streamed generation (LLM) ----------------------------------------------------------------
+
+
+def test_first_token_observes_ttft_once_from_the_start(
+    registry: CollectorRegistry, exchanges: Exchanges
+) -> None:
+    exchange = exchanges.open("resnet", "2", 1, 100.0)
+    exchange.first_token(100.25)
+    exchange.first_token(101.0)  # only the first counts
+    assert count(registry, schema.TIME_TO_FIRST_TOKEN, **VERSIONED) == 1
+    assert value(registry, schema.TIME_TO_FIRST_TOKEN.sum, **VERSIONED) == pytest.approx(0.25)
+
+
+def test_first_token_defaults_to_now(registry: CollectorRegistry, exchanges: Exchanges) -> None:
+    start = perf_counter()
+    exchanges.open("resnet", "2", 1, start).first_token()
+    observed = value(registry, schema.TIME_TO_FIRST_TOKEN.sum, **VERSIONED)
+    assert 0 <= observed < perf_counter() - start + 1e-9
+
+
+def test_tpot_is_observed_on_success_from_first_to_last_token(
+    registry: CollectorRegistry, exchanges: Exchanges
+) -> None:
+    exchange = exchanges.open("resnet", "2", 1, 100.0)
+    exchange.first_token(100.5)
+    exchange.generated(11, 101.0)  # 10 gaps in 0.5 s
+    assert count(registry, schema.TIME_PER_OUTPUT_TOKEN, **VERSIONED) == 0  # not before the end
+    exchange.succeeded()
+    assert count(registry, schema.TIME_PER_OUTPUT_TOKEN, **VERSIONED) == 1
+    assert value(registry, schema.TIME_PER_OUTPUT_TOKEN.sum, **VERSIONED) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    ("first", "tokens", "ok"),
+    [
+        (True, 1, True),  # one token: no gap to divide by
+        (True, 0, True),
+        (False, 5, True),  # no first token seen (not streamed)
+        (True, 5, False),  # failed or cancelled: no TPOT
+    ],
+)
+def test_no_tpot_without_two_tokens_a_first_token_and_success(
+    registry: CollectorRegistry, exchanges: Exchanges, first: bool, tokens: int, ok: bool
+) -> None:
+    exchange = exchanges.open("resnet", "2", 1, 100.0)
+    if first:
+        exchange.first_token(100.5)
+    exchange.generated(tokens, 101.0)
+    if ok:
+        exchange.succeeded()
+    else:
+        exchange.failed(schema.REASON_CANCELLED)
+    assert count(registry, schema.TIME_PER_OUTPUT_TOKEN, **VERSIONED) == 0
+    assert count(registry, schema.TIME_TO_FIRST_TOKEN, **VERSIONED) == (1 if first else 0)
+
+
+def test_finished_counts_finish_reasons_unknown_as_other(
+    registry: CollectorRegistry, exchanges: Exchanges
+) -> None:
+    exchange = exchanges.open("resnet", "2", 1, perf_counter())
+    for reason in ("stop", "length", "length", "tool_calls", "content_filter", "abort", None):
+        exchange.finished(reason)
+    family = schema.FINISH_REASONS_TOTAL.name
+    seen = {
+        reason: value(registry, family, **MODEL, reason=reason) for reason in schema.FINISH_REASONS
+    }
+    assert seen == {"stop": 1, "length": 2, "tool_calls": 1, "content_filter": 1, "other": 2}
+
+
+def test_the_null_exchange_records_no_generation(registry: CollectorRegistry) -> None:
+    inference_metrics(registry)
+    before = {s.name: s.value for f in registry.collect() for s in f.samples}
+    NO_EXCHANGE.first_token()
+    NO_EXCHANGE.first_token(1.0)
+    NO_EXCHANGE.generated(5, 2.0)
+    NO_EXCHANGE.finished("stop")
     NO_EXCHANGE.succeeded()
     after = {s.name: s.value for f in registry.collect() for s in f.samples}
     assert after == before

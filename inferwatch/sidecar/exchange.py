@@ -1,10 +1,11 @@
 """One measured exchange per inference, whatever the transport.
 
 A transport (the HTTP/1.1 proxy today) classifies a request, opens an :class:`Exchange` for it
-and reports what happens to it: queued, admitted, rejected, forwarded, first byte, tokens,
-succeeded, failed with a reason. The exchange does every metric update those transitions
-mean, so the transport's steps never touch a metric; a request that is not an inference gets
-:data:`NO_EXCHANGE`, whose transitions do nothing, so the steps never ask which one they hold.
+and reports what happens to it: queued, admitted, rejected, forwarded, first byte, first token,
+output generated, finish reason, tokens, succeeded, failed with a reason. The exchange does
+every metric update those transitions mean, so the transport's steps never touch a metric; a
+request that is not an inference gets :data:`NO_EXCHANGE`, whose transitions do nothing, so
+the steps never ask which one they hold.
 Tracing adds a subclass (:mod:`inferwatch.sidecar.traced`), chosen once at start.
 """
 
@@ -19,12 +20,15 @@ from inferwatch.metrics import BoundedLabel, InferenceMetrics, ModelInstruments
 class Exchange:
     """An inference in flight, holding its model's label children and its start time."""
 
-    __slots__ = ("_queued_at", "m", "start")
+    __slots__ = ("_first_token_at", "_last_token_at", "_output_tokens", "_queued_at", "m", "start")
 
     def __init__(self, m: ModelInstruments, start: float) -> None:
         self.m = m
         self.start = start
         self._queued_at: float | None = None
+        self._first_token_at: float | None = None
+        self._last_token_at = 0.0
+        self._output_tokens = 0
 
     # --- admission ---------------------------------------------------------------------------
 
@@ -71,11 +75,38 @@ class Exchange:
         self.m.tokens_input.inc(input_tokens)
         self.m.tokens_output.inc(output_tokens)
 
+    # --- a streamed generation (LLM) -------------------------------------------------------------
+
+    def first_token(self, at: float | None = None) -> None:
+        """The first chunk carrying generated output arrived from the upstream, at ``at``
+        (``perf_counter()`` when it was read; now by default). Observes the time to first
+        token from the exchange's start; only the first call counts."""
+        if self._first_token_at is not None:
+            return
+        if at is None:
+            at = perf_counter()
+        self._first_token_at = at
+        self.m.ttft.observe(at - self.start)
+
+    def generated(self, output_tokens: int, last_token_at: float) -> None:
+        """The streamed generation's output tokens (the usage the server reported, else its
+        output chunks) and when its last output arrived. Kept for :meth:`succeeded`, which
+        observes the time per output token: (last - first) / (output tokens - 1)."""
+        self._output_tokens = output_tokens
+        self._last_token_at = last_token_at
+
+    def finished(self, reason: str | None) -> None:
+        """A generation ended with this finish reason (one outside the schema's is ``other``)."""
+        self.m.record_finish(reason)
+
     # --- outcome (exactly one per exchange) ------------------------------------------------------
 
     def succeeded(self) -> None:
         self.m.duration.observe(perf_counter() - self.start)
         self.m.success.inc()
+        first = self._first_token_at
+        if first is not None and self._output_tokens >= 2:
+            self.m.tpot.observe((self._last_token_at - first) / (self._output_tokens - 1))
 
     def failed(self, reason: str) -> None:
         """Ended without a successful answer; ``reason`` is a failure reason of the schema."""
@@ -114,6 +145,15 @@ class NullExchange(Exchange):
         pass
 
     def tokens(self, input_tokens: int, output_tokens: int) -> None:
+        pass
+
+    def first_token(self, at: float | None = None) -> None:
+        pass
+
+    def generated(self, output_tokens: int, last_token_at: float) -> None:
+        pass
+
+    def finished(self, reason: str | None) -> None:
         pass
 
     def succeeded(self) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from inferwatch import schema
+
 MAX_PARSE_BYTES = 64 * 1024  # body prefix the proxy peeks to find model and batch size
 MAX_NAME_CHARS = 128  # model names and versions longer than this are cut
 MAX_BATCH = 1 << 31  # a batch size claimed beyond this is garbage, not a measurement
@@ -680,7 +682,7 @@ _BODY_PARSERS: dict[str, BodyParser] = {
 }
 
 
-# --- OpenAI usage from responses --------------------------------------------------------------
+# --- OpenAI answers: usage and finish reasons -------------------------------------------------
 
 
 def _usage_pair(usage: object) -> tuple[int, int] | None:
@@ -718,37 +720,208 @@ def usage_from_json(body: bytes) -> tuple[int, int] | None:
         return None
 
 
-class SSEUsageScanner:
-    """Finds the usage report in a streamed (SSE) OpenAI response, chunk by chunk.
+# finish_reason values OpenAI-compatible servers send, as the schema's reasons; any other
+# non-empty value counts as "other" (vLLM's "abort", for one).
+_FINISH_ALIASES = {
+    schema.FINISH_STOP: schema.FINISH_STOP,
+    "eos_token": schema.FINISH_STOP,  # TGI
+    "stop_sequence": schema.FINISH_STOP,  # TGI
+    "end_turn": schema.FINISH_STOP,
+    schema.FINISH_LENGTH: schema.FINISH_LENGTH,
+    "max_tokens": schema.FINISH_LENGTH,
+    schema.FINISH_TOOL_CALLS: schema.FINISH_TOOL_CALLS,
+    "function_call": schema.FINISH_TOOL_CALLS,  # the legacy functions API
+    "tool_use": schema.FINISH_TOOL_CALLS,
+    schema.FINISH_CONTENT_FILTER: schema.FINISH_CONTENT_FILTER,
+}
+# Responses API: why a response is "incomplete" (incomplete_details.reason)
+_INCOMPLETE_REASONS = {
+    "max_output_tokens": schema.FINISH_LENGTH,
+    "content_filter": schema.FINISH_CONTENT_FILTER,
+}
+_TOOL_ITEMS = frozenset(
+    ("function_call", "custom_tool_call", "mcp_call", "computer_call", "local_shell_call")
+)
+# Responses API events that end a response, and the status each one means
+_RESPONSE_ENDS = {
+    "response.completed": "completed",
+    "response.incomplete": "incomplete",
+    "response.failed": "failed",
+    "response.cancelled": "cancelled",
+}
+# delta members of a chat completion chunk that carry generated output
+_DELTA_OUTPUT = (
+    "content",
+    "tool_calls",
+    "reasoning_content",
+    "reasoning",
+    "refusal",
+    "function_call",
+    "audio",
+)
+MAX_CHOICES = 64  # finish reasons kept for at most this many choices of one answer
+
+
+def finish_reason(value: object) -> str | None:
+    """The schema's finish reason for a ``finish_reason`` value; None when there is none."""
+    if not isinstance(value, str) or not value:
+        return None
+    return _FINISH_ALIASES.get(value, schema.FINISH_OTHER)
+
+
+def _response_finish(response: object, status: object = None) -> str | None:
+    """The finish reason of a Responses API response object: completed is ``stop`` (or
+    ``tool_calls`` when it ends in a tool call), incomplete says why."""
+    if isinstance(response, dict):
+        own = response.get("status")
+        if isinstance(own, str):
+            status = own
+    else:
+        response = {}
+    if status == "completed":
+        output = response.get("output")
+        if isinstance(output, list):
+            for item in output:
+                if isinstance(item, dict) and item.get("type") in _TOOL_ITEMS:
+                    return schema.FINISH_TOOL_CALLS
+        return schema.FINISH_STOP
+    if status == "incomplete":
+        details = response.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        return _INCOMPLETE_REASONS.get(reason, schema.FINISH_OTHER)  # type: ignore[arg-type]
+    if isinstance(status, str) and status in ("failed", "cancelled"):
+        return schema.FINISH_OTHER
+    return None  # in_progress, queued, absent: not ended
+
+
+def _nonempty(value: object) -> bool:
+    if isinstance(value, str | list | dict):
+        return len(value) > 0
+    return False
+
+
+def _choice_output(choice: dict[str, Any]) -> bool:
+    """Whether a choice of a chat or completions chunk carries generated output: text,
+    content, a tool call or reasoning; a role-only or empty delta does not."""
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        for key in _DELTA_OUTPUT:
+            value = delta.get(key)
+            if value is not None and _nonempty(value):
+                return True
+    text = choice.get("text")  # /v1/completions
+    return isinstance(text, str) and len(text) > 0
+
+
+def _choice_finishes(choices: list[Any], into: dict[int, str]) -> bool:
+    """Each choice's finish reason into ``into`` (by index, bounded); whether any carried
+    generated output."""
+    output = False
+    for position, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            continue
+        if not output and _choice_output(choice):
+            output = True
+        reason = finish_reason(choice.get("finish_reason"))
+        if reason is not None:
+            index = choice.get("index", position)
+            if type(index) is not int:
+                index = position
+            if index in into or len(into) < MAX_CHOICES:
+                into[index] = reason
+    return output
+
+
+def answer_from_json(body: bytes) -> tuple[tuple[int, int] | None, list[str]]:
+    """Usage and finish reasons (one per choice; one per response) of a non-streamed OpenAI
+    answer (chat, completions, responses, embeddings); (None, []) when it says neither."""
+    try:
+        if b'"usage"' not in body and b'"finish_reason"' not in body and b'"status"' not in body:
+            return None, []
+        doc = _load_json(body)
+        if not isinstance(doc, dict):
+            return None, []
+        usage = _usage_of(doc)
+        finishes: dict[int, str] = {}
+        choices = doc.get("choices")
+        if isinstance(choices, list):
+            _choice_finishes(choices, finishes)
+        elif doc.get("object") == "response":
+            reason = _response_finish(doc)
+            if reason is not None:
+                finishes[0] = reason
+        return usage, list(finishes.values())
+    except Exception:
+        return None, []
+
+
+class SSEStreamScanner:
+    """Reads a streamed (SSE) LLM answer as it passes, chunk by chunk: which events carry
+    generated output, the finish reasons, the usage report and ``[DONE]``.
+
+    OpenAI chat completions and completions chunks (``choices[].delta``, ``choices[].text``,
+    ``finish_reason``), the Responses API's events (``response.*.delta`` with a non-empty
+    delta is output; ``response.completed``/``incomplete``/``failed`` end it) and Triton's
+    ``generate_stream`` (``text_output``) are understood.
 
     Chunks may split anywhere (mid-line, mid-CRLF). Only the current line and the current
-    event's data are kept, each bounded by :data:`MAX_SSE_EVENT_BYTES`; events are decoded
-    only when they carry token counts, and the last such report wins (vLLM's continuous
-    usage stats are cumulative).
+    event's data are kept, each bounded by :data:`MAX_SSE_EVENT_BYTES` (a larger event is
+    skipped); each event is decoded once, when its blank line arrives. The last usage report
+    wins (vLLM's continuous usage stats are cumulative).
     """
 
-    __slots__ = ("_data", "_data_size", "_line", "_oversized", "_skip_lf", "done", "usage_")
+    __slots__ = (
+        "_at",
+        "_data",
+        "_data_size",
+        "_event",
+        "_finishes",
+        "_line",
+        "_oversized",
+        "_skip_lf",
+        "done",
+        "last_output_at",
+        "outputs",
+        "usage_",
+    )
 
     def __init__(self) -> None:
         self._line = b""  # the incomplete last line
         self._data: list[bytes] = []  # data lines of the current event
         self._data_size = 0
+        self._event = b""  # the current event's "event:" field (Responses API event type)
         self._oversized = False  # the current line or event exceeded the bound: skip it
         self._skip_lf = False  # the previous chunk ended in CR: a leading LF ends nothing
+        self._at = 0.0  # when the chunk being fed arrived
+        self._finishes: dict[int, str] = {}  # finish reason by choice index
         self.usage_: tuple[int, int] | None = None
         self.done = False  # saw "data: [DONE]"
+        self.outputs = 0  # events that carried generated output
+        self.last_output_at = 0.0  # arrival of the chunk that completed the last of them
 
     @property
     def usage(self) -> tuple[int, int] | None:
         return self.usage_
 
-    def feed(self, chunk: bytes) -> None:
+    @property
+    def finish_reasons(self) -> list[str]:
+        """The schema's finish reason of each choice that ended (the response's, for the
+        Responses API)."""
+        return list(self._finishes.values())
+
+    def feed(self, chunk: bytes, at: float = 0.0) -> bool:
+        """Read the next chunk of the answer, which arrived at ``at``; True when it held the
+        answer's first output (so ``at`` is its time to first token)."""
+        before = self.outputs
+        self._at = at
         try:
             self._feed(chunk)
         except Exception:  # never break the stream being forwarded
             self._line = b""
             self._data = []
             self._data_size = 0
+            self._event = b""
+        return before == 0 and self.outputs > 0
 
     def _feed(self, chunk: bytes) -> None:
         if not chunk:
@@ -777,8 +950,12 @@ class SSEUsageScanner:
         if not line:
             self._dispatch()
             return
-        if self._oversized or not line.startswith(b"data:"):
-            return  # comments, event:, id:, retry: carry no usage
+        if self._oversized:
+            return
+        if not line.startswith(b"data:"):
+            if line.startswith(b"event:") and len(line) <= 128:
+                self._event = line[6:].strip()
+            return  # comments, id:, retry: carry nothing
         value = line[5:]
         if value[:1] == b" ":
             value = value[1:]
@@ -793,15 +970,47 @@ class SSEUsageScanner:
     def _dispatch(self) -> None:
         data = self._data
         oversized = self._oversized
+        event = self._event
         self._data = []
         self._data_size = 0
         self._oversized = False
+        self._event = b""
         if oversized or not data:
             return
         payload = data[0] if len(data) == 1 else b"\n".join(data)
         if payload == b"[DONE]":
             self.done = True
-        elif b"_tokens" in payload:
-            usage = _usage_of(_load_json(payload))
-            if usage is not None:
-                self.usage_ = usage
+            return
+        doc = _load_json(payload)
+        if isinstance(doc, dict):
+            self._read(doc, event)
+
+    def _read(self, doc: dict[str, Any], event: bytes) -> None:
+        output = False
+        choices = doc.get("choices")
+        if isinstance(choices, list):
+            output = _choice_finishes(choices, self._finishes)
+        else:
+            kind = doc.get("type")
+            if not isinstance(kind, str):
+                kind = event.decode("ascii", "replace")
+            if kind.startswith("response."):
+                if kind.endswith(".delta"):
+                    output = _nonempty(doc.get("delta"))
+                else:
+                    status = _RESPONSE_ENDS.get(kind)
+                    if status is not None:
+                        reason = _response_finish(doc.get("response"), status)
+                        if reason is not None:
+                            self._finishes[0] = reason
+            elif "text_output" in doc:  # Triton's generate_stream
+                output = _nonempty(doc["text_output"])
+        usage = _usage_of(doc)
+        if usage is not None:
+            self.usage_ = usage
+        if output:
+            self.outputs += 1
+            self.last_output_at = self._at
+
+
+SSEUsageScanner = SSEStreamScanner  # the name it had when it read usage only

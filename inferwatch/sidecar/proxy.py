@@ -49,8 +49,8 @@ from inferwatch.sidecar.http1 import Request
 from inferwatch.sidecar.protocols import (
     Classifier,
     RequestInfo,
-    SSEUsageScanner,
-    usage_from_json,
+    SSEStreamScanner,
+    answer_from_json,
 )
 from inferwatch.sidecar.upstream import HOP_BY_HOP, UpstreamPool, request_head
 
@@ -343,7 +343,7 @@ class ProxyHandler:
         head_only = request.method == "HEAD" or status in (204, 304)
         if head_only and length_header is not None:
             headers.append((b"Content-Length", length_header.encode()))
-        usage: tuple[int, int] | None = None
+        scanner: SSEStreamScanner | None = None
         try:
             if head_only:
                 await conn.send(request, status, message.reason, headers, b"", keep_length=True)
@@ -351,16 +351,18 @@ class ProxyHandler:
                 body = await payload.read()
                 await conn.send(request, status, message.reason, headers, body)
                 if info.protocol == "openai" and info.is_inference and status < 400:
-                    usage = usage_from_json(body)
+                    _report_answer(exchange, body)
             else:
-                usage = await self._stream(
-                    request, info, exchange, message, payload, headers, length
-                )
+                if info.is_inference and (info.stream or _is_sse(info, message)):
+                    scanner = SSEStreamScanner()
+                await self._stream(request, exchange, message, payload, headers, length, scanner)
         except asyncio.CancelledError:
+            _report_generation(exchange, scanner)
             exchange.failed(schema.REASON_CANCELLED)
             raise
         except ConnectionError as exc:
             # The client went away while we wrote to it.
+            _report_generation(exchange, scanner)
             exchange.failed(schema.REASON_CANCELLED)
             raise ClientGone from exc
         except (ClientError, HttpProcessingError, asyncio.TimeoutError) as exc:
@@ -370,40 +372,81 @@ class ProxyHandler:
                 raise ClientGone from exc
             # Once the status line is out, the only honest signal left is to cut the
             # client's connection, so it cannot mistake half an answer for a whole one.
+            _report_generation(exchange, scanner)
             exchange.failed(upstream_failure(exc).reason)
             conn.abort()
             raise ClientGone from exc
+        _report_generation(exchange, scanner)
         reason = reason_for_status(status)
         if reason is None:
             exchange.succeeded()
         else:
             exchange.failed(reason)
-        if usage is not None:
-            exchange.tokens(*usage)
 
     @staticmethod
     async def _stream(
         request: Request,
-        info: RequestInfo,
         exchange: Exchange,
         message: Any,
         payload: StreamReader,
         headers: list[tuple[bytes, bytes]],
         length: int | None,
-    ) -> tuple[int, int] | None:
-        """Relay a large or streamed answer as it comes; the usage a streamed LLM answer
-        reported in its last events, if any."""
+        scanner: SSEStreamScanner | None,
+    ) -> None:
+        """Relay a large or streamed answer as it comes. A streamed LLM answer also goes
+        through ``scanner``, after each chunk is written: the time of the chunk that holds the
+        first output is taken when it is read, before writing it."""
         conn = request.conn
         conn.start(request, message.code, message.reason, headers, length)
-        scanner = SSEUsageScanner() if info.stream and info.is_inference else None
         first_chunk = True
-        async for chunk in payload.iter_any():
-            if first_chunk:
-                first_chunk = False
-                if length is None:
-                    exchange.first_byte()
-            await conn.write(chunk)
-            if scanner is not None:
-                scanner.feed(chunk)
+        if scanner is None:
+            async for chunk in payload.iter_any():
+                if first_chunk:
+                    first_chunk = False
+                    if length is None:
+                        exchange.first_byte()
+                await conn.write(chunk)
+        else:
+            async for chunk in payload.iter_any():
+                at = perf_counter()
+                if first_chunk:
+                    first_chunk = False
+                    if length is None:
+                        exchange.first_byte()
+                await conn.write(chunk)
+                if scanner.feed(chunk, at):
+                    exchange.first_token(at)
         conn.end()
-        return scanner.usage if scanner is not None else None
+
+
+def _is_sse(info: RequestInfo, message: Any) -> bool:
+    """An OpenAI-compatible answer streamed as server-sent events (``stream`` unread)."""
+    if info.protocol != "openai":
+        return False
+    content_type = message.headers.get("Content-Type")
+    return content_type is not None and content_type.startswith("text/event-stream")
+
+
+def _report_answer(exchange: Exchange, body: bytes) -> None:
+    """Usage and finish reasons of a non-streamed OpenAI answer."""
+    usage, finishes = answer_from_json(body)
+    for reason in finishes:
+        exchange.finished(reason)
+    if usage is not None:
+        exchange.tokens(*usage)
+
+
+def _report_generation(exchange: Exchange, scanner: SSEStreamScanner | None) -> None:
+    """What a streamed LLM answer generated, however it ended: its finish reasons, and its
+    tokens (the usage it reported, else its output chunks as output tokens)."""
+    if scanner is None:
+        return
+    for reason in scanner.finish_reasons:
+        exchange.finished(reason)
+    usage = scanner.usage_
+    if usage is None:
+        usage = (0, scanner.outputs)
+    if usage[1] or scanner.outputs:
+        exchange.generated(usage[1], scanner.last_output_at)
+    if usage != (0, 0):
+        exchange.tokens(*usage)
