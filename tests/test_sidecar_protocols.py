@@ -17,7 +17,9 @@ from inferwatch.sidecar.protocols import (
     MAX_SSE_EVENT_BYTES,
     Classifier,
     RequestInfo,
+    SSEStreamScanner,
     SSEUsageScanner,
+    answer_from_json,
     usage_from_json,
 )
 
@@ -818,3 +820,197 @@ def test_sse_memory_is_bounded_and_a_huge_event_is_skipped() -> None:
 def test_fuzz_sse_scanner_never_raises(chunks: list[bytes]) -> None:
     scanner = scan([*chunks, STREAM])
     assert scanner.usage == (9, 3)
+
+
+# --- LLM streams: output events, finish reasons ------------------------------------------------
+
+
+def delta(**members: object) -> dict[str, object]:
+    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": members}]}
+
+
+def finish(reason: str, usage: dict[str, int] | None = None, index: int = 0) -> dict[str, object]:
+    choice = {"index": index, "delta": {}, "finish_reason": reason}
+    return {"object": "chat.completion.chunk", "choices": [choice], "usage": usage}
+
+
+def text(value: str, reason: str | None = None) -> dict[str, object]:
+    return {"object": "text_completion", "choices": [{"index": 0, "text": value,
+                                                      "finish_reason": reason}]}  # fmt: skip
+
+
+def responses_event(kind: str, **members: object) -> bytes:
+    doc = json.dumps({"type": kind, **members})
+    return f"event: {kind}\ndata: {doc}\n\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("event", "output"),
+    [
+        (delta(role="assistant"), False),
+        (delta(role="assistant", content=""), False),
+        (delta(content=None), False),
+        (delta(), False),
+        ({"choices": []}, False),
+        (delta(content="Hi"), True),
+        (delta(content=[{"type": "text", "text": "Hi"}]), True),
+        (delta(tool_calls=[{"index": 0, "id": "c1", "function": {"name": "f"}}]), True),
+        (delta(tool_calls=[]), False),
+        (delta(reasoning_content="hmm"), True),
+        (delta(reasoning="hmm"), True),
+        (delta(refusal="no"), True),
+        (finish("stop"), False),
+        (text(""), False),
+        (text("Hi"), True),
+        ({"model_name": "llama", "text_output": "Hi"}, True),  # Triton generate_stream
+        ({"model_name": "llama", "text_output": ""}, False),
+        ({"error": {"message": "boom"}}, False),
+    ],
+)
+def test_which_events_carry_output(event: dict[str, object], output: bool) -> None:
+    scanner = SSEStreamScanner()
+    assert scanner.feed(sse([event]), 1.5) is output
+    assert scanner.outputs == int(output)
+    assert scanner.last_output_at == (1.5 if output else 0.0)
+
+
+@pytest.mark.parametrize(
+    ("event", "output"),
+    [
+        (responses_event("response.created", response={"status": "in_progress"}), False),
+        (responses_event("response.output_item.added", item={"type": "message"}), False),
+        (responses_event("response.output_text.delta", delta="Hi"), True),
+        (responses_event("response.output_text.delta", delta=""), False),
+        (responses_event("response.function_call_arguments.delta", delta='{"a"'), True),
+        (responses_event("response.reasoning_text.delta", delta="hmm"), True),
+        (responses_event("response.reasoning_summary_text.delta", delta="hmm"), True),
+        (responses_event("response.output_text.done", text="Hi"), False),
+        (b'event: response.output_text.delta\ndata: {"delta": "hi"}\n\n', True),  # type unsaid
+    ],
+)
+def test_which_responses_api_events_carry_output(event: bytes, output: bool) -> None:
+    scanner = SSEStreamScanner()
+    assert scanner.feed(event, 2.0) is output
+
+
+def test_the_first_output_is_reported_once_with_its_chunk_time() -> None:
+    scanner = SSEStreamScanner()
+    assert not scanner.feed(sse([delta(role="assistant", content="")]), 1.0)
+    assert not scanner.feed(b'data: {"choices": [{"index": 0, "delta": {"cont', 2.0)
+    assert scanner.feed(b'ent": "Hel"}}]}\n\n', 3.0)  # completed by this chunk: its time
+    assert not scanner.feed(sse([delta(content="lo")]), 4.0)
+    assert not scanner.feed(sse([finish("stop"), "[DONE]"]), 5.0)
+    assert (scanner.outputs, scanner.last_output_at, scanner.done) == (2, 4.0, True)
+    assert scanner.finish_reasons == ["stop"]
+    assert scanner.usage is None
+
+
+@pytest.mark.parametrize(
+    ("reason", "counted"),
+    [
+        ("stop", "stop"),
+        ("length", "length"),
+        ("tool_calls", "tool_calls"),
+        ("function_call", "tool_calls"),
+        ("content_filter", "content_filter"),
+        ("eos_token", "stop"),
+        ("abort", "other"),
+        ("whatever", "other"),
+    ],
+)
+def test_finish_reasons(reason: str, counted: str) -> None:
+    assert scan([sse([delta(content="a"), finish(reason), "[DONE]"])]).finish_reasons == [counted]
+    assert scan([sse([text("a", reason)])]).finish_reasons == [counted]
+
+
+def test_each_choice_finishes_once_and_choices_are_bounded() -> None:
+    events = [finish("stop", index=0), finish("length", index=1), finish("length", index=1)]
+    assert scan([sse(events)]).finish_reasons == ["stop", "length"]
+    many = [finish("stop", index=i) for i in range(1000)]
+    assert len(scan([sse(many)]).finish_reasons) == 64
+
+
+def test_usage_riding_on_the_finish_chunk() -> None:
+    usage = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    scanner = scan([sse([delta(content="a"), delta(content="b"), finish("length", usage)])])
+    assert (scanner.usage, scanner.outputs, scanner.finish_reasons) == ((4, 2), 2, ["length"])
+    assert not scanner.done
+
+
+def completed(status: str, **response: object) -> bytes:
+    return responses_event(
+        f"response.{status}",
+        response={"status": status, "usage": {"input_tokens": 3, "output_tokens": 9}, **response},
+    )
+
+
+@pytest.mark.parametrize(
+    ("end", "reason"),
+    [
+        (completed("completed", output=[{"type": "message"}]), "stop"),
+        (completed("completed", output=[{"type": "message"}, {"type": "function_call"}]),
+         "tool_calls"),
+        (completed("incomplete", incomplete_details={"reason": "max_output_tokens"}), "length"),
+        (completed("incomplete", incomplete_details={"reason": "content_filter"}),
+         "content_filter"),
+        (completed("incomplete"), "other"),
+        (completed("failed", error={"code": "server_error"}), "other"),
+    ],
+)  # fmt: skip
+def test_responses_api_end_events(end: bytes, reason: str) -> None:
+    stream = responses_event("response.created", response={"status": "in_progress"})
+    stream += responses_event("response.output_text.delta", delta="Hi") + end
+    scanner = scan([stream])
+    assert (scanner.finish_reasons, scanner.usage, scanner.outputs) == ([reason], (3, 9), 1)
+
+
+def test_outputs_counted_whatever_the_split() -> None:
+    stream = sse([delta(role="assistant"), *(delta(content=c) for c in "abcde"), finish("stop")])
+    for cut in range(0, len(stream) + 1, 5):
+        scanner = scan([stream[:cut], stream[cut:]])
+        assert (scanner.outputs, scanner.finish_reasons) == (5, ["stop"]), cut
+
+
+def test_an_oversized_event_is_skipped_not_counted() -> None:
+    huge = delta(content="x" * (MAX_SSE_EVENT_BYTES + 10))
+    scanner = scan([sse([huge, delta(content="y")])])
+    assert scanner.outputs == 1
+
+
+def test_the_old_name_is_the_same_scanner() -> None:
+    assert SSEUsageScanner is SSEStreamScanner
+
+
+def test_answer_from_json() -> None:
+    chat = {
+        "object": "chat.completion",
+        "choices": [
+            {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"},
+            {"index": 1, "message": {"content": "b"}, "finish_reason": "length"},
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7},
+    }
+    assert answer_from_json(json.dumps(chat).encode()) == ((5, 7), ["stop", "length"])
+    completion = {"object": "text_completion", "choices": [{"text": "a", "finish_reason": "x"}]}
+    assert answer_from_json(json.dumps(completion).encode()) == (None, ["other"])
+    response = {
+        "object": "response",
+        "status": "incomplete",
+        "incomplete_details": {"reason": "max_output_tokens"},
+        "usage": {"input_tokens": 2, "output_tokens": 16},
+    }
+    assert answer_from_json(json.dumps(response).encode()) == ((2, 16), ["length"])
+    tool = {"object": "response", "status": "completed", "output": [{"type": "function_call"}]}
+    assert answer_from_json(json.dumps(tool).encode()) == (None, ["tool_calls"])
+    embeddings = {"object": "list", "data": [], "usage": {"prompt_tokens": 8, "total_tokens": 8}}
+    assert answer_from_json(json.dumps(embeddings).encode()) == ((8, 0), [])
+    for garbage in (b"", b"[1]", b'{"status": 3}', b'{"choices": "x"}', b"\xff"):
+        assert answer_from_json(garbage) == (None, [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=20))
+def test_fuzz_stream_scanner_counts_after_garbage(chunks: list[bytes]) -> None:
+    scanner = scan([*chunks, b"\n\n", sse([delta(content="a"), finish("stop")])])
+    assert scanner.outputs >= 1
+    assert "stop" in scanner.finish_reasons
