@@ -28,6 +28,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 # int: a fixed size; callable: called with the call's arguments; None: the default rule
 # (length of the first argument after self/cls); False: never record a batch size.
 BatchSize = int | Callable[..., Any] | None
+# True: each yielded item is one output token; callable: the tokens an item holds (item -> int);
+# None/False: a plain stream (no token metrics).
+Tokens = bool | Callable[[Any], int] | None
+# The finish reason an item reports (item -> str | None); the last one reported counts.
+FinishReason = Callable[[Any], str | None] | None
 
 _CANCELLED = (asyncio.CancelledError, GeneratorExit)
 
@@ -139,6 +144,8 @@ def monitor_inference(
     model_version: str = "",
     batch_size: BatchSize = None,
     registry: CollectorRegistry | None = None,
+    tokens: Tokens = None,
+    finish_reason: FinishReason = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -150,21 +157,49 @@ def monitor_inference(
     model_version: str = "",
     batch_size: BatchSize = None,
     registry: CollectorRegistry | None = None,
+    tokens: Tokens = None,
+    finish_reason: FinishReason = None,
 ) -> Any:
     """Record every call of a function as one inference of ``model_name``.
 
     Works on functions and methods, ``async def``, generators and async generators (streamed
     answers: the first item is the time to first byte). Exceptions propagate unchanged.
     ``model_name`` defaults to the function's name; ``registry`` to prometheus_client's.
+
+    Token streams (generators only): ``tokens=True`` counts each yielded item as one output
+    token, ``tokens=callable`` says how many an item holds (``item -> int``). Then the first
+    item holding a token observes the time to first token, each item's tokens are counted as
+    ``type="output"`` as they arrive, and a stream that ends normally with two tokens or more
+    observes the time per output token: (last token's arrival - first token's) / (tokens - 1).
+    ``finish_reason=callable`` (``item -> str | None``) reads each item's finish reason; the
+    last one reported is counted when the stream ends, however it ends.
     """
+    count = _token_counter(tokens)
+    if finish_reason is not None and not callable(finish_reason):
+        raise TypeError(f"finish_reason must be a callable or None; got {finish_reason!r}")
 
     def decorate(fn: F) -> F:
         m = inference_metrics(registry).model(
             schema.SOURCE_APP, model_name or fn.__name__, model_version
         )
         extract = _batch_extractor(fn, batch_size)
-        if inspect.isasyncgenfunction(fn):
-            make: Callable[..., Callable[..., Any]] = _wrap_async_generator
+        streamed = count is not None or finish_reason is not None
+        if streamed and not (inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn)):
+            raise TypeError(
+                f"tokens= and finish_reason= need a generator or an async generator; "
+                f"{fn.__qualname__} is neither (use track_inference's tokens() and finish())"
+            )
+        if streamed:
+            stream = (
+                _wrap_token_async_generator
+                if inspect.isasyncgenfunction(fn)
+                else _wrap_token_generator
+            )
+            make: Callable[..., Callable[..., Any]] = functools.partial(
+                stream, count=count, reason=finish_reason
+            )
+        elif inspect.isasyncgenfunction(fn):
+            make = _wrap_async_generator
         elif inspect.isgeneratorfunction(fn):
             make = _wrap_generator
         elif inspect.iscoroutinefunction(fn):
@@ -513,14 +548,232 @@ def _wrap_async_generator(
     return wrapper
 
 
+def _one(item: Any) -> int:
+    return 1
+
+
+def _token_counter(tokens: Tokens) -> Callable[[Any], int] | None:
+    if tokens is None or tokens is False:
+        return None
+    if tokens is True:
+        return _one
+    if callable(tokens):
+        return tokens
+    raise TypeError(f"tokens must be True, False, None or a callable; got {tokens!r}")
+
+
+class _Generation:
+    """One token stream's timing: the first and last token's arrival, tokens, finish reason."""
+
+    __slots__ = ("_count", "_m", "_reason", "finish", "first", "last", "start", "tokens")
+
+    def __init__(
+        self,
+        m: ModelInstruments,
+        count: Callable[[Any], int] | None,
+        reason: Callable[[Any], str | None] | None,
+        start: float,
+    ) -> None:
+        self._m = m
+        self._count = count
+        self._reason = reason
+        self.start = start
+        self.first = 0.0
+        self.last = 0.0
+        self.tokens = 0
+        self.finish: str | None = None
+
+    def item(self, item: Any, now: float) -> None:
+        """An item arrived at ``now``. A broken callable never breaks the stream it measures."""
+        if self._count is not None:
+            try:
+                n = self._count(item)
+                if n > 0:
+                    self.mark(n, now)
+            except Exception:
+                log.debug("token count failed for %s", self._m.model_name, exc_info=True)
+        if self._reason is not None:
+            try:
+                finish = self._reason(item)
+            except Exception:
+                log.debug("finish reason failed for %s", self._m.model_name, exc_info=True)
+            else:
+                if finish is not None:
+                    self.finish = finish
+
+    def mark(self, n: int, now: float) -> None:
+        """``n`` (>= 1) output tokens arrived at ``now``."""
+        if not self.tokens:
+            self.first = now
+            self._m.ttft.observe(now - self.start)
+        self.last = now
+        self.tokens += n
+        self._m.tokens_output.inc(n)
+
+    def end(self, succeeded: bool) -> None:
+        if succeeded and self.tokens >= 2 and self.last > self.first:
+            self._m.tpot.observe((self.last - self.first) / (self.tokens - 1))
+        if self.finish is not None:
+            self._m.record_finish(self.finish)
+
+
+def _wrap_token_generator(
+    fn: Callable[..., Any],
+    m: ModelInstruments,
+    extract: Any,
+    traced: _Traced | None,
+    on_span: bool = False,
+    *,
+    count: Callable[[Any], int] | None,
+    reason: Callable[[Any], str | None] | None,
+) -> Callable[..., Any]:
+    """A generator whose items are tokens: ``_wrap_generator`` plus TTFT, TPOT, output tokens
+    and the finish reason."""
+    observe_size, record_failure = _recorders(m, on_span)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        if traced is not None and tracing_state.enabled:
+            return (yield from traced.generator(args, kwargs))
+        if extract is not None:
+            _observe_batch(extract, observe_size, m, args, kwargs)
+        m.active.inc()
+        start = perf_counter()
+        generation = _Generation(m, count, reason, start)
+        arrived = generation.item
+        failure: str | None = None
+        try:
+            gen = fn(*args, **kwargs)
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            now = perf_counter()
+            m.ttfb.observe(now - start)
+            arrived(item, now)
+            while True:
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    gen.close()
+                    raise
+                except BaseException as exc:
+                    try:
+                        item = gen.throw(exc)
+                    except StopIteration as stop:
+                        return stop.value
+                else:
+                    try:
+                        item = gen.send(sent)
+                    except StopIteration as stop:
+                        return stop.value
+                arrived(item, perf_counter())
+        except BaseException as exc:
+            failure = _reason(exc)
+            raise
+        finally:
+            m.duration.observe(perf_counter() - start)
+            m.active.dec()
+            generation.end(failure is None)
+            if failure is None:
+                m.success.inc()
+            else:
+                record_failure(failure)
+
+    return wrapper
+
+
+def _wrap_token_async_generator(
+    fn: Callable[..., Any],
+    m: ModelInstruments,
+    extract: Any,
+    traced: _Traced | None,
+    on_span: bool = False,
+    *,
+    count: Callable[[Any], int] | None,
+    reason: Callable[[Any], str | None] | None,
+) -> Callable[..., Any]:
+    """An async generator whose items are tokens (see ``_wrap_token_generator``)."""
+    observe_size, record_failure = _recorders(m, on_span)
+
+    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        if traced is not None and tracing_state.enabled:
+            agen = traced.async_generator(args, kwargs)
+            try:
+                item = await agen.__anext__()
+                while True:
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        await agen.aclose()
+                        raise
+                    except BaseException as exc:
+                        item = await agen.athrow(exc)
+                    else:
+                        item = await agen.asend(sent)
+            except StopAsyncIteration:
+                return
+        if extract is not None:
+            _observe_batch(extract, observe_size, m, args, kwargs)
+        m.active.inc()
+        start = perf_counter()
+        generation = _Generation(m, count, reason, start)
+        arrived = generation.item
+        failure: str | None = None
+        try:
+            gen = fn(*args, **kwargs)
+            try:
+                item = await gen.__anext__()
+            except StopAsyncIteration:
+                return
+            now = perf_counter()
+            m.ttfb.observe(now - start)
+            arrived(item, now)
+            while True:
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    await gen.aclose()
+                    raise
+                except BaseException as exc:
+                    try:
+                        item = await gen.athrow(exc)
+                    except StopAsyncIteration:
+                        return
+                else:
+                    try:
+                        item = await gen.asend(sent)
+                    except StopAsyncIteration:
+                        return
+                arrived(item, perf_counter())
+        except BaseException as exc:
+            failure = _reason(exc)
+            raise
+        finally:
+            m.duration.observe(perf_counter() - start)
+            m.active.dec()
+            generation.end(failure is None)
+            if failure is None:
+                m.success.inc()
+            else:
+                record_failure(failure)
+
+    return wrapper
+
+
 class track_inference:
     """Record a block of code as one inference: ``with track_inference("m") as t: ...``.
 
     Set ``t.batch_size`` inside the block to record the items it handled; call
     ``t.first_byte()`` when a streamed answer sends its first chunk. Works with ``async with``.
+
+    Token streams: call ``t.tokens(n)`` as each chunk of ``n`` generated tokens arrives (the
+    first observes the time to first token; all count as output tokens) and ``t.finish(reason)``
+    with the finish reason; a block that ends without an exception after two tokens or more
+    observes the time per output token. ``t.first_token()`` marks the first token alone when
+    the count comes later, as a usage report (``t.add_tokens(output=n)``).
     """
 
-    __slots__ = ("_m", "_span", "_start", "batch_size")
+    __slots__ = ("_finish", "_first", "_last", "_m", "_output", "_span", "_start", "batch_size")
 
     def __init__(
         self,
@@ -534,19 +787,49 @@ class track_inference:
         self.batch_size = batch_size
         self._start = 0.0
         self._span: Any = None
+        self._first: float | None = None
+        self._last = 0.0
+        self._output = 0
+        self._finish: str | None = None
 
     def first_byte(self) -> None:
         """Mark the first chunk of a streamed answer (observes time to first byte)."""
         self._m.ttfb.observe(perf_counter() - self._start)
+
+    def first_token(self) -> None:
+        """Mark the first generated token (observes time to first token); later calls, and
+        ``tokens()`` after this, do not observe it again."""
+        if self._first is None:
+            now = perf_counter()
+            self._first = self._last = now
+            self._m.ttft.observe(now - self._start)
+
+    def tokens(self, n: int = 1) -> None:
+        """``n`` generated tokens arrived now: counted as output tokens; the first call with
+        ``n >= 1`` is the first token, the last one the end of decoding for time per token."""
+        if n <= 0:
+            return
+        self.first_token()
+        self._last = perf_counter()
+        self._output += n
+        self._m.tokens_output.inc(n)
+
+    def finish(self, reason: str | None) -> None:
+        """The generation's finish reason (``stop``, ``length``, ``tool_calls``,
+        ``content_filter``; anything else counts as ``other``), counted when the block ends.
+        ``None`` clears it."""
+        self._finish = reason
 
     def add_tokens(self, input: int = 0, output: int = 0) -> None:
         """Count tokens read and generated (an LLM's usage report)."""
         if input:
             self._m.tokens_input.inc(input)
         if output:
+            self._output += output
             self._m.tokens_output.inc(output)
 
     def __enter__(self) -> track_inference:
+        self._first, self._last, self._output, self._finish = None, 0.0, 0, None
         if tracing_state.enabled:
             self._enter_span()
         self._m.active.inc()
@@ -571,8 +854,17 @@ class track_inference:
     ) -> None:
         m = self._m
         span = self._span
-        m.duration.observe(perf_counter() - self._start)
+        end = perf_counter()
+        m.duration.observe(end - self._start)
         m.active.dec()
+        first = self._first
+        if first is not None and exc is None and self._output >= 2:
+            # Decoding ended at the last tokens() call, or at the block's end when the count
+            # came as a usage report after first_token().
+            last = self._last if self._last > first else end
+            m.tpot.observe((last - first) / (self._output - 1))
+        if self._finish is not None:
+            m.record_finish(self._finish)
         if self.batch_size is not None:
             m.batch_size.observe(self.batch_size)
             if span is not None:
