@@ -349,7 +349,7 @@ def add_arguments(parser: Any) -> None:
     render.add_argument(
         "--dashboard",
         default="overview",
-        choices=["overview", "gpu", "autoscaling"],
+        choices=["overview", "llm", "gpu", "autoscaling"],
         help="which generated dashboard (default: %(default)s)",
     )
     render.add_argument("--minutes", type=float, default=15.0, help="time range (default 15)")

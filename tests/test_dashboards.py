@@ -20,6 +20,7 @@ from inferwatch.generate.options import GenerateOptions
 OPTIONS = GenerateOptions()
 BOARDS = dashboards.dashboards(OPTIONS)
 OVERVIEW = BOARDS["inferwatch-overview.json"]
+LLM = BOARDS["inferwatch-llm.json"]
 GPU = BOARDS["inferwatch-gpu.json"]
 AUTOSCALING = BOARDS["inferwatch-autoscaling.json"]
 
@@ -134,9 +135,10 @@ def test_a_misspelt_metric_name_is_caught() -> None:
 # --- the dashboards -------------------------------------------------------------------------
 
 
-def test_three_dashboards_with_stable_uids_and_settings() -> None:
+def test_four_dashboards_with_stable_uids_and_settings() -> None:
     assert {name: board["uid"] for name, board in BOARDS.items()} == {
         "inferwatch-overview.json": "inferwatch-overview",
+        "inferwatch-llm.json": "inferwatch-llm",
         "inferwatch-gpu.json": "inferwatch-gpu",
         "inferwatch-autoscaling.json": "inferwatch-autoscaling",
     }
@@ -210,6 +212,7 @@ def test_a_line_wider_than_the_grid_is_refused() -> None:
 
 def test_template_variables() -> None:
     assert list(variables(OVERVIEW)) == ["datasource", "namespace", "model"]
+    assert list(variables(LLM)) == ["datasource", "namespace", "model"]
     assert list(variables(GPU)) == ["datasource", "instance", "gpu"]
     assert list(variables(AUTOSCALING)) == ["datasource", "namespace", "hpa"]
     for board in BOARDS.values():
@@ -228,6 +231,9 @@ def test_template_variables() -> None:
     )
     assert variables(OVERVIEW)["model"]["query"] == (
         'label_values(model_inference_total{namespace=~"$namespace"}, model_name)'
+    )
+    assert variables(LLM)["model"]["query"] == (
+        'label_values(model_inference_tokens_total{namespace=~"$namespace"}, model_name)'
     )
     assert variables(GPU)["gpu"]["query"] == (
         'label_values(gpu_memory_total_bytes{instance=~"$instance"}, gpu)'
@@ -324,6 +330,25 @@ def test_units() -> None:
             "Queue length per model": "short",
             "Tokens/s per model": "short",
         },
+        LLM["uid"]: {
+            "TTFT p95": "s",
+            "TPOT p95": "s",
+            "Truncated": "percentunit",
+            "TTFT: sidecar": "s",
+            "TTFT: app": "s",
+            "TPOT: sidecar": "s",
+            "TPOT: app": "s",
+            "End-to-end: sidecar": "s",
+            "End-to-end: app": "s",
+            "Input tokens/s": "short",
+            "Output tokens/s": "short",
+            "Requests/s": "reqps",
+            "Generations by finish reason": "reqps",
+            "Generated tokens/s": "short",
+            "Truncation ratio": "percentunit",
+            "Running": "short",
+            "Waiting": "short",
+        },
         GPU["uid"]: {
             "GPU utilization": "percentunit",
             "Memory used": "bytes",
@@ -368,6 +393,68 @@ def test_latency_panels_sidecar_and_app_side_by_side_with_exemplars() -> None:
                     target["expr"].startswith("histogram_quantile") and panel["type"] != "stat"
                 )
                 assert target["exemplar"] is latency, (panel["title"], target["expr"])
+
+
+def test_llm_latency_panels_sidecar_and_app_side_by_side_against_the_objectives() -> None:
+    options = GenerateOptions(ttft_threshold_seconds=1.05, tpot_threshold_seconds=0.05)
+    board = dashboards.dashboards(options)["inferwatch-llm.json"]
+    for kind, family, threshold in (
+        ("TTFT", schema.TIME_TO_FIRST_TOKEN, 1.05),
+        ("TPOT", schema.TIME_PER_OUTPUT_TOKEN, 0.05),
+        ("End-to-end", schema.INFERENCE_DURATION, None),
+    ):
+        sidecar, app = by_title(board, f"{kind}: sidecar"), by_title(board, f"{kind}: app")
+        assert sidecar["gridPos"]["y"] == app["gridPos"]["y"]
+        assert sidecar["gridPos"]["x"] + sidecar["gridPos"]["w"] == app["gridPos"]["x"]
+        for panel, source in ((sidecar, "sidecar"), (app, "app")):
+            assert exprs(panel) == [
+                f"histogram_quantile({q}, sum by (model_name, le) (rate({family.bucket}"
+                f'{{namespace=~"$namespace", model_name=~"$model", source="{source}"}}'
+                "[$__rate_interval])))"
+                for q in ("0.5", "0.95", "0.99")
+            ]
+            steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            if threshold is None:
+                assert len(steps) == 1
+            else:
+                assert steps[1]["value"] == threshold
+        stat_panel = by_title(board, f"{kind} p95") if threshold else None
+        if stat_panel:
+            assert stat_panel["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] == (
+                threshold
+            )
+
+
+def test_llm_throughput_and_finish_reasons() -> None:
+    selected = 'namespace=~"$namespace", model_name=~"$model"'
+    for title, kind in (("Input tokens/s", "input"), ("Output tokens/s", "output")):
+        assert exprs(by_title(LLM, title)) == [
+            "sum by (source, model_name, type) (rate(model_inference_tokens_total"
+            f'{{{selected}, type="{kind}"}}[$__rate_interval]))'
+        ]
+    assert exprs(by_title(LLM, "Generations by finish reason")) == [
+        "sum by (source, model_name, reason) (rate(model_inference_finish_reasons_total"
+        f"{{{selected}}}[$__rate_interval]))"
+    ]
+    assert exprs(by_title(LLM, "Truncation ratio")) == [
+        "sum by (source, model_name) (rate(model_inference_finish_reasons_total"
+        f'{{{selected}, reason="length"}}[$__rate_interval])) / '
+        "sum by (source, model_name) (rate(model_inference_finish_reasons_total"
+        f"{{{selected}}}[$__rate_interval]))"
+    ]
+    options = GenerateOptions(truncation_alert_ratio=0.25)
+    board = dashboards.dashboards(options)["inferwatch-llm.json"]
+    for title in ("Truncation ratio", "Truncated"):
+        steps = by_title(board, title)["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert steps[1]["value"] == 0.25
+    # the engine's load, from every source (the model server's own too, once merged)
+    assert [metric_names(e) for e in exprs(by_title(LLM, "Running"))] == [
+        {schema.ACTIVE_REQUESTS.name}
+    ]
+    assert [metric_names(e) for e in exprs(by_title(LLM, "Waiting"))] == [
+        {schema.QUEUE_LENGTH.name}
+    ]
+    assert "source=" not in exprs(by_title(LLM, "Waiting"))[0]
 
 
 def test_batch_size_heatmaps_read_the_buckets_as_they_are() -> None:

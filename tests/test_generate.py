@@ -298,3 +298,63 @@ def test_every_throttle_reason_the_gpu_alert_reads_is_one_nvml_reports() -> None
     rules = yaml.safe_load(generate.render()[generate.ALERTING_RULES])["groups"][0]["rules"]
     (power,) = [r for r in rules if r["alert"] == "GPUPowerThrottling"]
     assert f'reason=~"{"|".join(schema.POWER_THROTTLE_REASONS)}"' in power["expr"]
+
+
+def test_llm_options_are_checked() -> None:
+    defaults = GenerateOptions()
+    assert (defaults.ttft_threshold_seconds, defaults.ttft_objective) == (2.0, 0.99)
+    assert (defaults.tpot_threshold_seconds, defaults.tpot_objective) == (0.1, 0.99)
+    assert defaults.ttft_threshold_seconds in schema.TTFT_BUCKETS
+    assert defaults.tpot_threshold_seconds in schema.TPOT_BUCKETS
+    with pytest.raises(ValueError, match="ttft_threshold_seconds must be one of the bucket"):
+        GenerateOptions(ttft_threshold_seconds=1.0)  # between 0.95 and 1.05
+    with pytest.raises(ValueError, match="tpot_threshold_seconds must be one of the bucket"):
+        GenerateOptions(tpot_threshold_seconds=0.08)
+    for name in ("ttft_objective", "tpot_objective", "truncation_alert_ratio"):
+        with pytest.raises(ValueError, match=name):
+            GenerateOptions(**{name: 1.0})
+    with pytest.raises(ValueError, match="truncation_min_generations"):
+        GenerateOptions(truncation_min_generations=0)
+
+
+def test_llm_rules_read_the_options_and_their_cases_still_pass(
+    tmp_path: Path, promtool: str
+) -> None:
+    options = GenerateOptions(
+        ttft_threshold_seconds=0.5,
+        ttft_objective=0.995,
+        tpot_threshold_seconds=0.05,
+        tpot_objective=0.9,
+        truncation_alert_ratio=0.3,
+        truncation_min_generations=500,
+    )
+    files = generate.render(options)
+    recorded = yaml.safe_load(files[generate.RECORDING_RULES])["groups"]
+    (llm,) = [g for g in recorded if g["name"] == "inferwatch.llm"]
+    exprs = {r["record"]: r["expr"] for r in llm["rules"]}
+    assert (
+        'model_inference_time_to_first_token_seconds_bucket{le="0.5"}'
+        in exprs[promql.slow_ttft_ratio_rule("5m")]
+    )
+    assert (
+        'model_inference_time_per_output_token_seconds_bucket{le="0.05"}'
+        in exprs[promql.slow_tpot_ratio_rule("3d")]
+    )
+    alerting = yaml.safe_load(files[generate.ALERTING_RULES])["groups"][0]["rules"]
+    by_name: dict[str, list[str]] = {}
+    for rule in alerting:
+        by_name.setdefault(rule["alert"], []).append(rule["expr"])
+    # the fastest page: 14.4 times the budget (0.5% and 10%)
+    assert "> 0.072\n" in by_name["InferenceTimeToFirstTokenBudgetBurn"][0]
+    # 90%: the fastest page's threshold is above 1, it cannot fire; the cases know it
+    assert "> 1.44\n" in by_name["InferenceTimePerOutputTokenBudgetBurn"][0]
+    assert "> 0.3\nand\n" in by_name["InferenceGenerationsTruncated"][0]
+    assert by_name["InferenceGenerationsTruncated"][0].endswith("[30m])) >= 500")
+    for name in (generate.RECORDING_RULES, generate.ALERTING_RULES, generate.RULE_TESTS):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(files[name])
+    done = run(promtool, "test", "rules", generate.RULE_TESTS, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tests = yaml.safe_load(files[generate.RULE_TESTS])["tests"]
+    names = {t["name"] for t in tests}
+    assert "InferenceGenerationsTruncated: too few generations" in names

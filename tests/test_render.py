@@ -145,7 +145,7 @@ def _render(tmp_path: Path, name: str, handler: type[_FakePrometheus]) -> Any:
     return matplotlib.image.imread(out)[:, :, :3]
 
 
-@pytest.mark.parametrize("name", ["overview", "gpu", "autoscaling"])
+@pytest.mark.parametrize("name", ["overview", "llm", "gpu", "autoscaling"])
 def test_every_dashboard_renders_in_grafana_colours(tmp_path: Path, name: str) -> None:
     pixels = _render(tmp_path, name, _FakePrometheus)
     assert pixels.shape[1] == 1600

@@ -40,6 +40,19 @@ class GenerateOptions:
     availability_objective: float = 0.999  # fraction of inferences without a server-side error
     latency_threshold_seconds: float = 0.25  # an inference slower than this is "slow"
     latency_objective: float = 0.99  # fraction of inferences faster than the threshold
+    # LLM generations (streamed): a first token later than ttft_threshold_seconds, or tokens
+    # slower on average than tpot_threshold_seconds, is "slow"; each objective is the fraction
+    # of generations that must not be. 2 s to the first token and 100 ms a token (10 tokens/s,
+    # faster than anyone reads) at 99% are the interactive chat targets most serving SLOs and
+    # benchmarks (vLLM's, MLPerf's) use; both sit on bucket bounds (TTFT_BUCKETS, TPOT_BUCKETS).
+    ttft_threshold_seconds: float = 2.0
+    ttft_objective: float = 0.99
+    tpot_threshold_seconds: float = 0.1
+    tpot_objective: float = 0.99
+    # Generations cut off at max_tokens (finish reason "length"): alert above this share over
+    # half an hour, once the model has ended at least truncation_min_generations generations.
+    truncation_alert_ratio: float = 0.1
+    truncation_min_generations: int = 100
     # Alert thresholds.
     queue_length_alert: int = 50  # waiting requests per pod, sustained
     gpu_memory_alert_ratio: float = 0.95
@@ -61,7 +74,28 @@ class GenerateOptions:
                 "latency_threshold_seconds must be one of the latency bucket bounds "
                 f"{schema.LATENCY_BUCKETS}, so the ratio of slow inferences is exact"
             )
-        for name in ("availability_objective", "latency_objective"):
+        for name, value, buckets in (
+            ("ttft_threshold_seconds", self.ttft_threshold_seconds, schema.TTFT_BUCKETS),
+            ("tpot_threshold_seconds", self.tpot_threshold_seconds, schema.TPOT_BUCKETS),
+        ):
+            if value not in buckets:
+                problems.append(
+                    f"{name} must be one of the bucket bounds {buckets}, so the ratio of slow "
+                    "generations is exact"
+                )
+        if not 0 < self.truncation_alert_ratio < 1:
+            problems.append(
+                "truncation_alert_ratio must be between 0 and 1 (exclusive), "
+                f"got {self.truncation_alert_ratio}"
+            )
+        if self.truncation_min_generations < 1:
+            problems.append("truncation_min_generations must be at least 1")
+        for name in (
+            "availability_objective",
+            "latency_objective",
+            "ttft_objective",
+            "tpot_objective",
+        ):
             value = getattr(self, name)
             if not 0 < value < 1:
                 problems.append(f"{name} must be between 0 and 1 (exclusive), got {value}")

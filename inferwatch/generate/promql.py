@@ -351,15 +351,70 @@ def error_ratio_expr(window: str) -> str:
     return ratio(errors_rule(window), requests_rule(window))
 
 
-def slow_ratio_expr(window: str, threshold_seconds: float) -> str:
-    """Fraction of inferences slower than the latency objective's threshold."""
-    d = schema.INFERENCE_DURATION
-    fast = sum_by(MODEL_LABELS, rate(d.bucket, selector(le=le(threshold_seconds)), window))
-    return f"1 - ({ratio(fast, sum_by(MODEL_LABELS, rate(d.count, '', window)))})"
+def slow_ratio_expr(
+    window: str, threshold_seconds: float, family: schema.Family = schema.INFERENCE_DURATION
+) -> str:
+    """Fraction of observations of ``family`` (by default inferences) above the threshold."""
+    fast = sum_by(MODEL_LABELS, rate(family.bucket, selector(le=le(threshold_seconds)), window))
+    return f"1 - ({ratio(fast, sum_by(MODEL_LABELS, rate(family.count, '', window)))})"
 
 
 def quantile_expr(q: int, window: str = "5m") -> str:
     return quantile(q, schema.INFERENCE_DURATION, "", MODEL_LABELS, window)
+
+
+# --- LLM generations: time to first token, time per output token, finish reasons -----------
+
+
+def slow_ttft_ratio_rule(window: str) -> str:
+    return f"namespace_model:model_inference_ttft_slow:ratio_rate{window}"
+
+
+def slow_tpot_ratio_rule(window: str) -> str:
+    return f"namespace_model:model_inference_tpot_slow:ratio_rate{window}"
+
+
+def slow_ttft_ratio_expr(window: str, threshold_seconds: float) -> str:
+    """Fraction of generations whose first token came later than the threshold."""
+    return slow_ratio_expr(window, threshold_seconds, schema.TIME_TO_FIRST_TOKEN)
+
+
+def slow_tpot_ratio_expr(window: str, threshold_seconds: float) -> str:
+    """Fraction of generations whose tokens came slower, on average, than the threshold."""
+    return slow_ratio_expr(window, threshold_seconds, schema.TIME_PER_OUTPUT_TOKEN)
+
+
+def finish_reasons_per_second(selector: str, labels: Sequence[str], window: str) -> str:
+    """Generations ended per second, by finish reason."""
+    return sum_by([*labels, "reason"], rate(schema.FINISH_REASONS_TOTAL.name, selector, window))
+
+
+def _with(selector: str, matcher: str) -> str:
+    """``selector`` with one more matcher ('' and '{}' alike)."""
+    inner = selector.strip()[1:-1].strip() if selector.strip() else ""
+    return "{" + ", ".join([m for m in (inner, matcher) if m]) + "}"
+
+
+def truncation_ratio(selector: str, labels: Sequence[str], window: str) -> str:
+    """Share of generations cut off at max_tokens (finish reason ``length``), per ``labels``."""
+    family = schema.FINISH_REASONS_TOTAL.name
+    truncated = _with(selector, eq("reason", schema.FINISH_LENGTH))
+    return ratio(
+        sum_by(labels, rate(family, truncated, window)),
+        sum_by(labels, rate(family, selector, window)),
+    )
+
+
+def generations_truncated(
+    selector: str, window: str, threshold: float, min_generations: int
+) -> str:
+    """Per model: more than ``threshold`` of the generations over ``window`` were truncated,
+    out of at least ``min_generations`` (so that two of three at night do not page)."""
+    generations = sum_by(MODEL_LABELS, increase(schema.FINISH_REASONS_TOTAL.name, selector, window))
+    return (
+        f"{above(truncation_ratio(selector, MODEL_LABELS, window), threshold)}\n"
+        f"and\n{generations} >= {min_generations}"
+    )
 
 
 # --- alert conditions -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from inferwatch.generate.alerts import Alert, alerts, autoscaling, latency, slo
+from inferwatch.generate.alerts import Alert, alerts, autoscaling, latency, llm, slo
 from inferwatch.generate.options import GenerateOptions
 
 __all__ = ["alerting_rules", "alerts", "recording_rules", "rule_tests", "runbooks"]
@@ -22,6 +22,7 @@ def recording_rules(options: GenerateOptions) -> dict[str, Any]:
             autoscaling.recording_rules(options),
             latency.recording_rules(options),
             slo.recording_rules(options),
+            llm.recording_rules(options),
         ]
     }
 

@@ -11,6 +11,7 @@ from inferwatch.generate.alerts import (
     availability,
     gpu,
     latency,
+    llm,
     saturation,
     sidecar,
     traffic,
@@ -21,7 +22,7 @@ from inferwatch.generate.options import GenerateOptions
 __all__ = ["AREAS", "Alert", "AlertTest", "alerts"]
 
 # In the order of the rule file, the promtool cases and the runbooks.
-AREAS = (availability, latency, saturation, traffic, sidecar, gpu, autoscaling)
+AREAS = (availability, latency, llm, saturation, traffic, sidecar, gpu, autoscaling)
 
 
 def alerts(options: GenerateOptions) -> list[Alert]:

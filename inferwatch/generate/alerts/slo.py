@@ -46,8 +46,10 @@ def burn_rate_alerts(
     make_series: SeriesMaker,
     runbook: str,
     extra_tests: tuple[AlertTest, ...] = (),
+    model: dict[str, str] = MODEL,
 ) -> list[Alert]:
-    """One alert per burn-rate condition, over the bad-event ratio ``ratio_rule`` records."""
+    """One alert per burn-rate condition, over the bad-event ratio ``ratio_rule`` records;
+    ``model``: the labels of the model ``make_series`` makes series of."""
     budget = 1 - objective
     source = promql.selector(source=options.slo_source)
     conditions = promql.burn_windows(options.window_scale)
@@ -56,13 +58,16 @@ def burn_rate_alerts(
     # data (scaled), which passes the `for` of both pages and of the first ticket.
     horizon = max(2, round(_minutes(conditions[0].long) * 70 / 60)) + 1
     eval_minutes = horizon - 1
-    loud = make_series(horizon, 0.5)
+    # Half bad, unless the fastest threshold is that high (a loose objective): then all bad; a
+    # condition whose threshold is not below that can never fire (a ratio is at most 1).
+    loud_fraction = 0.5 if max(c.factor for c in conditions) * budget < 0.5 else 1.0
+    loud = make_series(horizon, loud_fraction)
     quiet = make_series(horizon, budget / 2)
     alerts = []
     for condition in conditions:
         threshold = condition.factor * budget
-        fires = _minutes(condition.for_) <= eval_minutes - 2
-        labels = {**MODEL, "source": options.slo_source}
+        fires = _minutes(condition.for_) <= eval_minutes - 2 and threshold < loud_fraction
+        labels = {**model, "source": options.slo_source}
         alerts.append(
             Alert(
                 name=name,

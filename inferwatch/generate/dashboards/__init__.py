@@ -1,6 +1,7 @@
 """Grafana dashboards and provisioning, generated from the metric schema with grafanalib.
 
-Three dashboards, one module each: the inference overview (per model), GPUs (per device) and
+Four dashboards, one module each: the inference overview (per model), LLM serving (per model:
+tokens, time to first token, time per output token, finish reasons), GPUs (per device) and
 autoscaling (per pod, exactly what the HPA reads). Their queries come from ``promql``, their
 panels and layout from ``panels``.
 """
@@ -11,6 +12,7 @@ from typing import Any
 
 from inferwatch.generate.dashboards.autoscaling import AUTOSCALING_UID, autoscaling
 from inferwatch.generate.dashboards.gpus import GPU_UID, gpus
+from inferwatch.generate.dashboards.llm import LLM_UID, llm
 from inferwatch.generate.dashboards.overview import OVERVIEW_UID, overview
 from inferwatch.generate.dashboards.panels import DATASOURCE, line
 from inferwatch.generate.dashboards.provisioning import (
@@ -28,6 +30,7 @@ __all__ = [
     "DATASOURCE",
     "DATASOURCES_FILE",
     "GPU_UID",
+    "LLM_UID",
     "OVERVIEW_UID",
     "PROVIDERS_FILE",
     "TRACE_ID_LABEL",
@@ -35,6 +38,7 @@ __all__ = [
     "dashboards",
     "gpus",
     "line",
+    "llm",
     "overview",
     "panel_queries",
     "provisioning",
@@ -45,6 +49,7 @@ def dashboards(options: GenerateOptions) -> dict[str, dict[str, Any]]:
     """File name -> Grafana dashboard JSON, for ``dashboards/``."""
     return {
         f"{OVERVIEW_UID}.json": overview(options),
+        f"{LLM_UID}.json": llm(options),
         f"{GPU_UID}.json": gpus(options),
         f"{AUTOSCALING_UID}.json": autoscaling(options),
     }
