@@ -27,7 +27,13 @@ from support.processes import inferwatch_command, stop_process
 from support.upstreams import running_upstream, v2_body
 
 from inferwatch import monitor_inference, schema
-from inferwatch.otlp_metrics import start_otlp_metrics
+from inferwatch.otlp_metrics import (
+    GEN_AI_DURATION_BUCKETS,
+    GEN_AI_TPOT_BUCKETS,
+    GEN_AI_TTFT_BUCKETS,
+    rebucket,
+    start_otlp_metrics,
+)
 from inferwatch.server.app import TEXT_MODEL
 
 
@@ -213,3 +219,128 @@ def test_a_bad_otlp_setting_stops_the_command_with_its_name(command: str) -> Non
         "bad OTLP metrics configuration: "
         "OTEL_METRIC_EXPORT_INTERVAL must be milliseconds, got 'soon'"
     ), done.stderr
+
+
+# --- GenAI semantic conventions -------------------------------------------------------------------
+
+
+def test_token_streams_also_arrive_as_gen_ai_server_metrics(registry: CollectorRegistry) -> None:
+    @monitor_inference(model_name="llm", model_version="7", registry=registry, tokens=True)
+    def generate(n: int) -> Iterator[str]:
+        yield from ["w"] * n
+
+    @monitor_inference(model_name="resnet", registry=registry)
+    def classify(items: list[int]) -> list[int]:
+        return items
+
+    for n in (3, 4):
+        assert len(list(generate(n))) == n
+    classify([1])
+    with metrics_receiver() as (endpoint, service):
+        exporter = start_otlp_metrics(
+            registry, protocol="grpc", endpoint=endpoint, interval=3600, gen_ai_provider="acme"
+        )
+        try:
+            assert exporter.export_now()
+        finally:
+            exporter.close()
+    (resource_metrics,) = service.requests[0].resource_metrics
+    (scope,) = resource_metrics.scope_metrics
+    metrics = {m.name: m for m in scope.metrics}
+    expected = {
+        "gen_ai.server.time_to_first_token": (GEN_AI_TTFT_BUCKETS, schema.TIME_TO_FIRST_TOKEN),
+        "gen_ai.server.time_per_output_token": (GEN_AI_TPOT_BUCKETS, schema.TIME_PER_OUTPUT_TOKEN),
+        "gen_ai.server.request.duration": (GEN_AI_DURATION_BUCKETS, schema.INFERENCE_DURATION),
+    }
+    assert GEN_AI_TTFT_BUCKETS == (
+        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+    )  # fmt: skip
+    assert GEN_AI_TPOT_BUCKETS == (
+        0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5
+    )  # fmt: skip
+    assert GEN_AI_DURATION_BUCKETS == (
+        0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92
+    )  # fmt: skip
+    assert set(expected) <= set(metrics)
+    assert not any(
+        name.startswith("gen_ai.") and name not in expected for name in metrics
+    )  # no token usage: see docs/tracing.md
+    for name, (bounds, family) in expected.items():
+        metric = metrics[name]
+        assert metric.unit == "s", name
+        assert metric.histogram.aggregation_temporality == 2  # CUMULATIVE
+        (point,) = metric.histogram.data_points  # the LLM only: resnet generated no token
+        assert _attributes(point) == {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "acme",
+            "gen_ai.request.model": "llm",
+            "inference.source": "app",
+            "model.version": "7",
+        }, name
+        assert list(point.explicit_bounds) == list(bounds), name
+        assert len(point.bucket_counts) == len(bounds) + 1
+        own = registry.get_sample_value(
+            family.count, {"source": "app", "model_name": "llm", "model_version": "7"}
+        )
+        assert point.count == sum(point.bucket_counts) == own == 2, name
+        own_sum = registry.get_sample_value(
+            family.sum, {"source": "app", "model_name": "llm", "model_version": "7"}
+        )
+        assert point.sum == own_sum, name
+
+
+def test_gen_ai_metrics_can_be_turned_off(registry: CollectorRegistry) -> None:
+    @monitor_inference(model_name="llm", registry=registry, tokens=True)
+    def generate() -> Iterator[str]:
+        yield from "ab"
+
+    list(generate())
+    with metrics_receiver() as (endpoint, service):
+        exporter = start_otlp_metrics(
+            registry, protocol="grpc", endpoint=endpoint, interval=3600, gen_ai=False
+        )
+        exporter.close()
+    names = {m.name for r in service.requests for rm in r.resource_metrics
+             for sm in rm.scope_metrics for m in sm.metrics}  # fmt: skip
+    assert names and not any(name.startswith("gen_ai.") for name in names)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "counts", "target", "expected"),
+    [
+        # Shared boundaries are exact.
+        ([0.1, 0.2, 0.5], [1, 2, 3, 4], [0.1, 0.5], [1, 5, 4]),
+        # Inside one of ours: linear interpolation (half of (0.2, 0.4]'s 4 below 0.3).
+        ([0.2, 0.4], [2, 4, 1], [0.3], [4, 3]),
+        # Below our first boundary: interpolated from 0.
+        ([0.01, 0.1], [10, 0, 0], [0.001, 0.005], [1, 4, 5]),
+        # Above our last finite boundary: +Inf's count stays above.
+        ([1.0], [3, 2], [0.5, 1.0, 2.5], [2, 1, 0, 2]),
+        ([], [5], [1.0], [0, 5]),
+    ],
+)
+def test_rebucket(
+    bounds: list[float], counts: list[int], target: list[float], expected: list[int]
+) -> None:
+    assert rebucket(bounds, counts, target) == expected
+
+
+def test_rebucketing_our_families_keeps_cumulative_counts_monotonic() -> None:
+    import random
+
+    rng = random.Random(7)
+    for family, target in (
+        (schema.TIME_TO_FIRST_TOKEN, GEN_AI_TTFT_BUCKETS),
+        (schema.TIME_PER_OUTPUT_TOKEN, GEN_AI_TPOT_BUCKETS),
+        (schema.INFERENCE_DURATION, GEN_AI_DURATION_BUCKETS),
+    ):
+        bounds = list(family.buckets or ())
+        counts = [0] * (len(bounds) + 1)
+        previous = [0] * (len(target) + 1)
+        for _ in range(50):
+            counts[rng.randrange(len(counts))] += rng.randrange(1, 5)
+            out = rebucket(bounds, counts, target)
+            assert sum(out) == sum(counts)
+            cumulative = [sum(out[: i + 1]) for i in range(len(out))]
+            assert all(c >= p for c, p in zip(cumulative, previous, strict=True)), family.name
+            previous = cumulative
