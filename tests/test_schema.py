@@ -93,6 +93,42 @@ def test_latency_buckets_estimate_p95_within_ten_percent_near_100ms() -> None:
     assert worst_p95_error(schema.LATENCY_BUCKETS, sigmas=(0.1, 0.25, 0.5, 1.0)) < 0.04
 
 
+def worst_error_over(
+    bounds: tuple[float, ...],
+    p95s: range,
+    scale: float,
+    sigmas: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0),
+) -> float:
+    """Largest relative p95 error over lognormal latencies whose p95 is each of
+    ``p95s`` times ``scale`` seconds."""
+    worst = 0.0
+    for step in p95s:
+        p95 = step * scale
+        for sigma in sigmas:
+            estimate = histogram_quantile(0.95, lognormal_buckets(bounds, p95, sigma))
+            worst = max(worst, abs(estimate - p95) / p95)
+    return worst
+
+
+def test_ttft_buckets_estimate_p95_within_ten_percent_from_half_a_second_to_two() -> None:
+    # LLM TTFT SLOs sit anywhere in 0.5-2 s: every 10 ms of that range (worst seen 5.7%).
+    assert worst_error_over(schema.TTFT_BUCKETS, range(50, 201), 0.01) < 0.06
+    assert worst_error_over(schema.TTFT_BUCKETS, range(50, 201), 0.01, (0.1, 0.25, 0.5, 1.0)) < 0.04
+
+
+def test_tpot_buckets_estimate_p95_within_ten_percent_from_20_to_100ms() -> None:
+    # TPOT SLOs at 20-100 ms, every 0.5 ms (worst seen 5.1%) ...
+    assert worst_error_over(schema.TPOT_BUCKETS, range(40, 201), 0.0005) < 0.06
+    # ... and fast GPUs' 5 ms resolved: every 0.1 ms from 4 to 20 ms (worst seen 5.1%).
+    assert worst_error_over(schema.TPOT_BUCKETS, range(40, 201), 0.0001) < 0.06
+
+
+def test_the_latency_buckets_would_not_do_for_llms() -> None:
+    # The same sweeps tell the request-latency buckets apart: LLM families need their own.
+    assert worst_error_over(schema.LATENCY_BUCKETS, range(50, 201), 0.01) > 0.1
+    assert worst_error_over(schema.LATENCY_BUCKETS, range(40, 201), 0.0001) > 0.1
+
+
 def test_the_seed_buckets_would_not() -> None:
     # The same check fails for the buckets inferwatch replaced: it can tell good from bad.
     assert worst_p95_error(SEED_BUCKETS) > 0.5
