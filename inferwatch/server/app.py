@@ -1,8 +1,9 @@
 """The aiohttp application: routes for each protocol, JSON errors, readiness, drain.
 
 Every model gets a :class:`~inferwatch.batching.DynamicBatcher`; the models of one device
-share one worker thread. Readiness turns true once every model ran each warm-up batch size.
-On shutdown (aiohttp's ``on_shutdown``, which runs after the listening socket closed and
+share one worker thread. The language model's batcher batches decoding steps, not requests
+(see :mod:`inferwatch.server.openai`). Readiness turns true once every model ran each warm-up
+batch size. On shutdown (aiohttp's ``on_shutdown``, which runs after the listening socket closed and
 before in-flight handlers are awaited) the batchers stop accepting and finish their queues.
 """
 
@@ -24,10 +25,13 @@ from inferwatch import tracing
 from inferwatch._version import __version__
 from inferwatch.batching import BatcherClosed, DynamicBatcher, Overloaded
 from inferwatch.exposition import metrics_handler
-from inferwatch.server import protocol
+from inferwatch.server import openai, protocol
 from inferwatch.server.models import (
+    LLM_SIZES,
     MODEL_SIZES,
+    DecodeStep,
     ImageRunner,
+    LLMRunner,
     ModelRunner,
     TextRunner,
     resolve_device,
@@ -38,6 +42,10 @@ log = logging.getLogger(__name__)
 
 TEXT_MODEL = "text-classifier"
 IMAGE_MODEL = "image-classifier"
+LLM_MODEL = "tiny-llm"
+# The language model's batcher records its own families under this name: its unit is one
+# decoding step of one generation (queue, batch sizes, step latency), not a request.
+LLM_STEP_MODEL = f"{LLM_MODEL}-decode"
 MODEL_VERSION = "1"
 
 
@@ -55,6 +63,7 @@ class ServerConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     weights: dict[str, str] = field(default_factory=dict)  # model name -> state dict file
     gpu_metrics_interval: float = 5.0
+    llm: bool = True  # serve the language model too (OpenAI-style /v1/... endpoints)
 
     def warm_up_sizes(self) -> list[int]:
         return sorted({1, self.max_batch_size, *self.preferred_batch_sizes})
@@ -66,11 +75,11 @@ def build_runners(config: ServerConfig) -> list[ModelRunner]:
         raise ValueError(
             f"model size must be one of {sorted(MODEL_SIZES)}, got {config.model_size!r}"
         )
-    unknown = set(config.weights) - {TEXT_MODEL, IMAGE_MODEL}
+    unknown = set(config.weights) - {TEXT_MODEL, IMAGE_MODEL, LLM_MODEL}
     if unknown:
         raise ValueError(
             f"--weights names unknown models {sorted(unknown)}; "
-            f"the models are {TEXT_MODEL} and {IMAGE_MODEL}"
+            f"the models are {TEXT_MODEL}, {IMAGE_MODEL} and {LLM_MODEL}"
         )
     device = resolve_device(config.device)
     text_config, image_config = MODEL_SIZES[config.model_size]
@@ -82,6 +91,20 @@ def build_runners(config: ServerConfig) -> list[ModelRunner]:
     ]
 
 
+def build_llm(config: ServerConfig) -> LLMRunner | None:
+    """The language model on the configured device, or None when ``config.llm`` is off."""
+    if not config.llm:
+        return None
+    device = resolve_device(config.device)
+    return LLMRunner(
+        LLM_MODEL,
+        MODEL_VERSION,
+        LLM_SIZES[config.model_size],
+        device,
+        config.weights.get(LLM_MODEL),
+    )
+
+
 class ModelServer:
     """The models, their batchers and the server's state (ready, draining)."""
 
@@ -90,32 +113,42 @@ class ModelServer:
         config: ServerConfig,
         runners: Sequence[ModelRunner],
         registry: CollectorRegistry | None = None,
+        llm: LLMRunner | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.runners = {runner.name: runner for runner in runners}
+        self.llm = llm
         # One worker thread per device: batches of models on one device take turns on it.
         self.executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
-        self.batchers: dict[str, DynamicBatcher[Any, list[float]]] = {}
-        for runner in runners:
+        self.batchers: dict[str, DynamicBatcher[Any, Any]] = {}
+        every: list[ModelRunner | LLMRunner] = [*runners, *([llm] if llm is not None else [])]
+        for runner in every:
             device = str(runner.device)
             if device not in self.executors:
                 self.executors[device] = concurrent.futures.ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix=f"model-{device}"
                 )
+            step = isinstance(runner, LLMRunner)
             self.batchers[runner.name] = DynamicBatcher(
                 runner.predict_batch,
-                model_name=runner.name,
+                model_name=LLM_STEP_MODEL if step else runner.name,
                 model_version=runner.version,
                 max_batch_size=config.max_batch_size,
-                max_queue_delay=config.max_queue_delay,
+                # Decoding steps come in rounds (openai.StepScheduler): a round is one batch,
+                # and waiting for more steps would add to every token's latency.
+                max_queue_delay=0.0 if step else config.max_queue_delay,
                 preferred_batch_sizes=config.preferred_batch_sizes,
                 max_queue_size=config.max_queue_size,
                 executor=self.executors[device],
                 registry=registry,
             )
+        self.scheduler = openai.StepScheduler(self.batchers[llm.name]) if llm is not None else None
         self.ready = False
         self.draining = False
+        self.generations = 0  # in flight; the drain lets them finish
+        self._no_generations = asyncio.Event()
+        self._no_generations.set()
         self._warm_up: asyncio.Task[None] | None = None
         self._gpu_metrics: Any = None
 
@@ -141,7 +174,10 @@ class ModelServer:
     async def _warm_up_models(self) -> None:
         loop = asyncio.get_running_loop()
         sizes = self.config.warm_up_sizes()
-        for runner in self.runners.values():
+        runners: list[ModelRunner | LLMRunner] = [*self.runners.values()]
+        if self.llm is not None:
+            runners.append(self.llm)
+        for runner in runners:
             executor = self.executors[str(runner.device)]
             try:
                 await loop.run_in_executor(executor, runner.warm_up, sizes)
@@ -152,7 +188,7 @@ class ModelServer:
             log.info(
                 "model %s warmed up on %s with batch sizes %s", runner.name, runner.device, sizes
             )
-        if any(runner.cuda for runner in self.runners.values()):
+        if any(runner.cuda for runner in runners):
             self.start_gpu_metrics()
         self.ready = not self.draining
 
@@ -170,26 +206,53 @@ class ModelServer:
         except Exception:
             log.exception("GPU metrics could not start; serving without them")
 
-    async def infer(self, runner: ModelRunner, items: list[Any]) -> list[list[float]]:
+    def check_ready(self) -> None:
         if not self.ready:
             raise RequestError(
                 "the server is shutting down" if self.draining else "models are warming up",
                 reason="shutting_down" if self.draining else "not_ready",
                 status=503,
             )
+
+    def llm_runner(self) -> LLMRunner:
+        if self.llm is None:
+            raise RequestError("this server serves no language model", "unknown_model", 404)
+        return self.llm
+
+    async def decode_step(self, step: DecodeStep) -> int:
+        """One decoding step of a generation in flight: batched with the others' steps."""
+        assert self.llm is not None and self.scheduler is not None
+        token: int = await self._submit(self.llm.name, self.scheduler.step(step))
+        return token
+
+    def generation_started(self) -> None:
+        self.generations += 1
+        self._no_generations.clear()
+
+    def generation_ended(self) -> None:
+        self.generations -= 1
+        if not self.generations:
+            self._no_generations.set()
+
+    async def infer(self, runner: ModelRunner, items: list[Any]) -> list[list[float]]:
+        self.check_ready()
         batcher = self.batchers[runner.name]
+        if len(items) == 1:  # the common case, without gathering
+            return [await self._submit(runner.name, batcher.submit(items[0]))]
+        rows: list[list[float]] = await self._submit(runner.name, batcher.submit_many(items))
+        return rows
+
+    async def _submit(self, name: str, submitted: Awaitable[Any]) -> Any:
         try:
-            if len(items) == 1:  # the common case, without gathering
-                return [await batcher.submit(items[0])]
-            return await batcher.submit_many(items)
+            return await submitted
         except Overloaded as exc:
             raise RequestError(str(exc), reason="overloaded", status=503) from exc
         except BatcherClosed as exc:
             raise RequestError(str(exc), reason="shutting_down", status=503) from exc
         except Exception as exc:
-            log.warning("model %s failed a batch: %r", runner.name, exc)
+            log.warning("model %s failed a batch: %r", name, exc)
             raise RequestError(
-                f"model {runner.name!r} failed: {type(exc).__name__}: {exc}",
+                f"model {name!r} failed: {type(exc).__name__}: {exc}",
                 reason="model_error",
                 status=500,
             ) from exc
@@ -200,6 +263,9 @@ class ModelServer:
         self.ready = False
         if self._warm_up is not None and not self._warm_up.done():
             await asyncio.shield(self._warm_up)
+        await self._no_generations.wait()  # each submits steps until it ends
+        if self.scheduler is not None:
+            await self.scheduler.close()
         await asyncio.gather(*(batcher.close() for batcher in self.batchers.values()))
 
     def close(self) -> None:
@@ -351,14 +417,89 @@ async def batch_predict(request: web.Request) -> web.Response:
     )
 
 
+# --- OpenAI-style text generation ------------------------------------------------------------
+
+
+async def openai_models(request: web.Request) -> web.Response:
+    llm = _server(request).llm
+    return web.json_response(openai.models_list([llm] if llm is not None else []))
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=True)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=False)
+
+
+def _sse(data: Any) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return b"data: " + text.encode() + b"\n\n"
+
+
+async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    server = _server(request)
+    llm = server.llm_runner()
+    parsed = openai.parse_generation(await _json_body(request), llm, chat=chat)
+    server.check_ready()
+    generation = openai.Generation(parsed)
+    tokens = openai.instrumented(
+        generation, openai.decode(generation, server.decode_step), llm, server.registry
+    )
+    server.generation_started()
+    try:
+        if not parsed.stream:
+            async for _ in tokens:
+                pass
+            return web.json_response(openai.response(generation, llm))
+        # The first token before the headers: a request the model cannot take (overloaded,
+        # shutting down, failing) still gets its HTTP status.
+        delta: str | None = await anext(tokens)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        if chat:
+            await response.write(_sse(openai.chunk(generation, llm, role=True)))
+        try:
+            while delta is not None:
+                if delta:
+                    await response.write(_sse(openai.chunk(generation, llm, delta=delta)))
+                delta = await anext(tokens, None)
+        except RequestError as exc:  # the headers are sent: the error goes in the stream
+            error = {"message": exc.message, "type": exc.reason, "code": exc.status}
+            await response.write(_sse({"error": error}))
+            return response
+        await response.write(_sse(openai.chunk(generation, llm, finish=True)))
+        if parsed.include_usage:
+            await response.write(_sse(openai.usage_chunk(generation, llm)))
+        await response.write(_sse("[DONE]"))
+        await response.write_eof()
+        return response
+    finally:
+        await tokens.aclose()  # a client gone mid-stream: the generation counts as cancelled
+        server.generation_ended()
+
+
 def create_app(
     config: ServerConfig | None = None,
     registry: CollectorRegistry | None = None,
     runners: Sequence[ModelRunner] | None = None,
+    llm: LLMRunner | None = None,
 ) -> web.Application:
-    """The server's application; ``runners`` default to :func:`build_runners` of ``config``."""
+    """The server's application; ``runners`` default to :func:`build_runners` of ``config``,
+    ``llm`` to :func:`build_llm` of it."""
     config = config or ServerConfig()
-    server = ModelServer(config, build_runners(config) if runners is None else runners, registry)
+    if llm is None:
+        llm = build_llm(config)
+    server = ModelServer(
+        config, build_runners(config) if runners is None else runners, registry, llm
+    )
     # The tracing middleware is outermost: its span sees the status _json_errors answers with.
     app = web.Application(
         middlewares=[tracing.aiohttp_middleware, _json_errors],
@@ -396,5 +537,8 @@ def create_app(
         r.add_post(prefix + ":predict", v1_predict)
     r.add_post("/predict", predict)
     r.add_post("/batch_predict", batch_predict)
+    r.add_get("/v1/models", openai_models)
+    r.add_post("/v1/chat/completions", chat_completions)
+    r.add_post("/v1/completions", completions)
     r.add_get("/metrics", metrics_handler(registry))
     return app

@@ -1,7 +1,10 @@
-"""Run the reference model server: a text and an image classifier behind dynamic batching.
+"""Run the reference model server: a text and an image classifier behind dynamic batching, and
+a tiny byte-level language model (tiny-llm) batched per decoding step.
 
 Speaks Open Inference Protocol v2 (/v2/...), KServe V1 / TF Serving (/v1/models/<m>:predict)
-and a simple JSON API, /predict and /batch_predict; /metrics on the same port. SIGTERM or
+and a simple JSON API, /predict and /batch_predict, for the classifiers; OpenAI's
+/v1/chat/completions and /v1/completions (streamed or not) and /v1/models for the language
+model; /metrics on the same port. SIGTERM or
 SIGINT stops accepting, finishes queued batches and exits 0.
 """
 
@@ -101,7 +104,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-size",
         choices=["tiny", "small", "base"],
         default="small",
-        help="size of both models (default: %(default)s)",
+        help="size of every model (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--llm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the language model tiny-llm on /v1/chat/completions and /v1/completions "
+        "(default: on)",
     )
     parser.add_argument(
         "--weights",
@@ -109,7 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="MODEL=PATH",
-        help="load a state dict for a model (text-classifier or image-classifier); repeatable",
+        help="load a state dict for a model (text-classifier, image-classifier or tiny-llm); "
+        "repeatable",
     )
     parser.add_argument(
         "--gpu-metrics-interval",
@@ -144,7 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inferwatch.server.app import ServerConfig, build_runners
+    from inferwatch.server.app import ServerConfig, build_llm, build_runners
 
     if args.max_request_items > args.max_queue_size:
         print(
@@ -162,11 +173,13 @@ def run(args: argparse.Namespace) -> int:
         max_request_items=args.max_request_items,
         weights=dict(args.weights),
         gpu_metrics_interval=args.gpu_metrics_interval,
+        llm=args.llm,
     )
     try:
         if any(size > config.max_batch_size for size in config.preferred_batch_sizes):
             raise ValueError("--preferred-batch-sizes must not exceed --max-batch-size")
         runners = build_runners(config)
+        llm = build_llm(config)
     except ValueError as exc:
         print(f"inferwatch serve: error: {exc}", file=sys.stderr)
         return 2
@@ -185,18 +198,26 @@ def run(args: argparse.Namespace) -> int:
     # The server's families live on prometheus_client's default registry.
     with runtime.otlp_metrics_push(None, args.otlp_metrics):
         return runtime.run_loop(
-            _serve(config, runners, args.host, args.port, args.shutdown_timeout, args.access_log)
+            _serve(
+                config, runners, llm, args.host, args.port, args.shutdown_timeout, args.access_log
+            )
         )
 
 
 async def _serve(
-    config: Any, runners: Any, host: str, port: int, shutdown_timeout: float, access_log: bool
+    config: Any,
+    runners: Any,
+    llm: Any,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    access_log: bool,
 ) -> int:
     from aiohttp import web
 
     from inferwatch.server.app import create_app
 
-    app = create_app(config, runners=runners)
+    app = create_app(config, runners=runners, llm=llm)
     # handler_cancellation: a client that hangs up cancels its request, which drops its items
     # from the batch queue instead of computing answers nobody reads.
     runner = web.AppRunner(

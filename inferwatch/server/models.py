@@ -1,10 +1,11 @@
 """The served networks and the runners that execute a batch of them on one device.
 
-Two models, so the metrics show more than one ``model_name``: a transformer text classifier
-over UTF-8 bytes (no tokenizer to download) and a small image CNN. Weights are random with a
-fixed seed, or a state dict from a file; nothing is downloaded. Runners are called from the
-device's worker thread with a list of items and return one list of class probabilities per
-item; padding masks make an item's answer independent of its batch-mates.
+Two classifiers, so the metrics show more than one ``model_name``: a transformer text
+classifier over UTF-8 bytes (no tokenizer to download) and a small image CNN; and a tiny causal
+language model over bytes (:class:`CausalLM`) for the OpenAI-style endpoints. Weights are
+random with a fixed seed, or a state dict from a file; nothing is downloaded. Runners are
+called from the device's worker thread with a list of items and return one answer per item;
+padding masks make an item's answer independent of its batch-mates.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ class ImageConfig:
     labels: tuple[str, ...] = IMAGE_LABELS
 
 
+@dataclass(frozen=True)
+class LLMConfig:
+    width: int = 128
+    heads: int = 4
+    layers: int = 2
+    feedforward: int = 256
+    context: int = 512  # tokens (bytes) of prompt plus output at most
+
+
 # Presets for `--model-size`: tiny keeps the tests fast on two CPU cores; base gives a GPU
 # enough work per batch for batching to matter.
 MODEL_SIZES: dict[str, tuple[TextConfig, ImageConfig]] = {
@@ -81,6 +91,25 @@ MODEL_SIZES: dict[str, tuple[TextConfig, ImageConfig]] = {
         ImageConfig(width=64),
     ),
 }
+LLM_SIZES: dict[str, LLMConfig] = {
+    "tiny": LLMConfig(width=64, heads=2, layers=2, feedforward=128, context=256),
+    "small": LLMConfig(),
+    "base": LLMConfig(width=512, heads=8, layers=6, feedforward=2048, context=1024),
+}
+
+# The language model's vocabulary: the 256 byte values, then beginning and end of sequence
+# and padding. It reads any bytes; it writes printable ASCII and newlines only (the rest is
+# masked out when sampling), so a token is one character of its output and every prefix of
+# its output is valid UTF-8.
+LM_BOS = 256
+LM_EOS = 257
+LM_PAD = 258
+LM_VOCAB_SIZE = 259
+LM_OUTPUT_TOKENS: tuple[int, ...] = (10, *range(32, 127), LM_EOS)
+# Added to the end-of-sequence logit. Random weights give every output token about the same
+# chance (EOS ~1% a step), and greedy decoding would end some prompts' answers at once; with
+# this, greedy answers run to max_tokens and a sampled one ends on its own ~0.2% of the steps.
+LM_EOS_BIAS = -1.5
 
 
 class TextClassifier(nn.Module):
@@ -287,6 +316,123 @@ class ImageRunner(ModelRunner):
         return torch.zeros(self.item_shape)
 
 
+class CausalLM(nn.Module):
+    """A decoder-only transformer: byte embeddings plus learned positions, causal
+    self-attention blocks (pre-norm), a linear head over the vocabulary."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(LM_VOCAB_SIZE, config.width, padding_idx=LM_PAD)
+        self.position = nn.Embedding(config.context, config.width)
+        layer = nn.TransformerEncoderLayer(
+            config.width,
+            config.heads,
+            config.feedforward,
+            dropout=0.0,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.width)
+        self.head = nn.Linear(config.width, LM_VOCAB_SIZE)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits for every position of ``tokens`` (batch, length). Sequences padded on the
+        right need no padding mask: under the causal mask no real position sees a later one."""
+        length = tokens.shape[1]
+        positions = torch.arange(length, device=tokens.device)
+        hidden = self.embed(tokens) + self.position(positions)
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+        hidden = self.blocks(hidden, mask=mask, is_causal=True)
+        result: torch.Tensor = self.head(self.norm(hidden))
+        return result
+
+
+@dataclass
+class DecodeStep:
+    """One decoding step of one generation: its whole context so far (prompt and output), how
+    to pick the next token (``temperature`` 0: greedy) and the generation's own RNG."""
+
+    tokens: list[int]
+    temperature: float = 0.0
+    generator: torch.Generator | None = None
+
+
+class LLMRunner:
+    """The language model on one device: ``predict_batch`` takes decoding steps of any
+    generations and returns each one's next token, from one forward pass.
+
+    There is no KV cache: each step runs the whole context again. That keeps a step stateless
+    (any steps can share a batch, a generation can join or leave between steps) and exact, and
+    costs little at these sizes.
+    """
+
+    kind = "llm"
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        config: LLMConfig,
+        device: torch.device,
+        weights: str | Path | None = None,
+    ) -> None:
+        module = build_llm(config)
+        if weights is not None:
+            load_state_dict(module, weights)
+        self.name = name
+        self.version = version
+        self.config = config
+        self.device = device
+        self.module = module.to(device).eval()
+        self.cuda = device.type == "cuda"
+        self.amp_dtype: torch.dtype | None = None
+        if self.cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self._allowed = torch.full((LM_VOCAB_SIZE,), float("-inf"))
+        self._allowed[list(LM_OUTPUT_TOKENS)] = 0.0
+        self._allowed[LM_EOS] = LM_EOS_BIAS
+
+    def _logits(self, items: Sequence[DecodeStep]) -> torch.Tensor:
+        lengths = [len(item.tokens) for item in items]
+        tokens = torch.full((len(items), max(lengths)), LM_PAD, dtype=torch.long)
+        for row, item in enumerate(items):
+            tokens[row, : lengths[row]] = torch.tensor(item.tokens, dtype=torch.long)
+        if self.cuda:
+            tokens = tokens.pin_memory().to(self.device, non_blocking=True)
+        logits = self.module(tokens)
+        last = torch.tensor([n - 1 for n in lengths], device=logits.device)
+        chosen: torch.Tensor = logits[torch.arange(len(items), device=logits.device), last]
+        return chosen
+
+    def predict_batch(self, items: Sequence[DecodeStep]) -> list[int]:
+        with torch.inference_mode():
+            if self.amp_dtype is not None:
+                with torch.autocast("cuda", dtype=self.amp_dtype):
+                    logits = self._logits(items)
+            else:
+                logits = self._logits(items)
+            logits = logits.float().cpu() + self._allowed
+        out = []
+        for row, item in enumerate(items):
+            if item.temperature <= 0:
+                out.append(int(logits[row].argmax()))
+            else:
+                probabilities = (logits[row] / item.temperature).softmax(-1)
+                out.append(int(torch.multinomial(probabilities, 1, generator=item.generator)))
+        return out
+
+    def example_item(self) -> DecodeStep:
+        return DecodeStep([LM_BOS] * self.config.context)
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+        for size in batch_sizes:
+            self.predict_batch([self.example_item()] * size)
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+
 def _seeded(seed: int, build: Any) -> Any:
     # A private RNG state: the same seed gives the same weights whatever ran before.
     with torch.random.fork_rng(devices=[]):
@@ -300,3 +446,7 @@ def build_text_model(config: TextConfig, seed: int = 0) -> TextClassifier:
 
 def build_image_model(config: ImageConfig, seed: int = 1) -> ImageClassifier:
     return _seeded(seed, lambda: ImageClassifier(config))
+
+
+def build_llm(config: LLMConfig, seed: int = 2) -> CausalLM:
+    return _seeded(seed, lambda: CausalLM(config))

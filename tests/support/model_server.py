@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry
 from inferwatch import schema
 from inferwatch.server.app import (
     IMAGE_MODEL,
+    LLM_MODEL,
+    LLM_STEP_MODEL,
     SERVER_KEY,
     TEXT_MODEL,
     ModelServer,
@@ -86,6 +88,12 @@ async def start_server(
         model.predict_batch = gate  # type: ignore[method-assign]
         gates[model.name] = gate
     app = create_app(config, registry=registry, runners=runners)
+    llm = app[SERVER_KEY].llm
+    if llm is not None:  # the language model's steps go through a gate too
+        batcher = app[SERVER_KEY].batchers[LLM_MODEL]
+        gate = Gate(batcher.batch_fn, open_=gates_open)
+        batcher.batch_fn = gate
+        gates[LLM_MODEL] = gate
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=10)
     await runner.setup()
     site = web.TCPSite(runner, LOOPBACK, 0)
@@ -107,4 +115,12 @@ async def start_server(
     return served
 
 
-__all__ = ["IMAGE_MODEL", "TEXT_MODEL", "Served", "start_server", "tiny_config"]
+__all__ = [
+    "IMAGE_MODEL",
+    "LLM_MODEL",
+    "LLM_STEP_MODEL",
+    "TEXT_MODEL",
+    "Served",
+    "start_server",
+    "tiny_config",
+]
