@@ -18,7 +18,6 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from time import perf_counter
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from inferwatch import schema
 from inferwatch.batching import DynamicBatcher
-from inferwatch.metrics import inference_metrics
+from inferwatch.decorators import track_inference
 from inferwatch.server.models import LM_BOS, LM_EOS, DecodeStep, LLMRunner
 from inferwatch.server.protocol import RequestError
 
@@ -327,46 +326,23 @@ async def instrumented(
     runner: LLMRunner,
     registry: CollectorRegistry | None,
 ) -> AsyncGenerator[str, None]:
-    """``tokens`` (one item per generated token, see :func:`decode`), recorded with
-    ``source="app"``: the inference and its latency, TTFT (call to first token), TPOT
-    ((end - first token) / (output tokens - 1)), tokens in and out, the finish reason.
-
-    The one place the server instruments generations.
-    TODO: switch to the decorators' token-aware async-generator API once it lands.
-    """
-    m = inference_metrics(registry).model(schema.SOURCE_APP, runner.name, runner.version)
-    m.active.inc()
-    start = perf_counter()
-    first: float | None = None
-    failure: str | None = None
+    """``tokens`` (see :func:`decode`), recorded with ``source="app"`` through the decorators'
+    :class:`~inferwatch.decorators.track_inference`: the inference and its latency, TTFT (call
+    to first generated token), TPOT ((last token - first token) / (output tokens - 1)), tokens
+    in and out, the finish reason. The one place the server instruments generations."""
+    counted = 0
     try:
-        async for delta in tokens:
-            if first is None:
-                first = perf_counter()
-                m.ttft.observe(first - start)
-            yield delta
-    except BaseException as exc:
-        failure = (
-            schema.REASON_CANCELLED
-            if isinstance(exc, (GeneratorExit, asyncio.CancelledError))
-            else schema.REASON_EXCEPTION
-        )
-        raise
+        async with track_inference(runner.name, runner.version, registry=registry) as tracked:
+            tracked.add_tokens(input=generation.prompt_tokens)
+            async for delta in tokens:
+                new = generation.completion_tokens - counted
+                if new:  # the last item may be held-back text, no new token
+                    counted += new
+                    tracked.tokens(new)
+                yield delta
+            tracked.finish(generation.finish_reason)
     finally:
         await tokens.aclose()
-        end = perf_counter()
-        m.duration.observe(end - start)
-        m.active.dec()
-        m.tokens_input.inc(generation.prompt_tokens)
-        if generation.completion_tokens:
-            m.tokens_output.inc(generation.completion_tokens)
-        if failure is None and generation.finish_reason is not None:
-            m.success.inc()
-            m.record_finish(generation.finish_reason)
-            if first is not None and generation.completion_tokens > 1:
-                m.tpot.observe((end - first) / (generation.completion_tokens - 1))
-        else:
-            m.record_failure(failure or schema.REASON_CANCELLED)
 
 
 # --- responses --------------------------------------------------------------------------------
