@@ -175,11 +175,19 @@ TTFB_BUCKETS: tuple[float, ...] = (
 )
 
 # Time to first token: LLM SLOs sit at 0.5-2 s; dense there (no bucket wider than 12.5% of its
-# lower bound from 0.4 to 2.5 s), coarser down to 10 ms and up to two minutes.
+# lower bound from 0.4 to 2.5 s), coarser down to 1 ms and up to two minutes. Every boundary the
+# OpenTelemetry GenAI conventions advise for gen_ai.server.time_to_first_token is one of ours, so
+# the OTLP export re-counts buckets exactly.
 TTFT_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.005,
     0.01,
+    0.02,
     0.025,
+    0.04,
     0.05,
+    0.06,
+    0.08,
     0.1,
     0.15,
     0.2,
@@ -195,6 +203,7 @@ TTFT_BUCKETS: tuple[float, ...] = (
     0.75,
     0.85,
     0.95,
+    1.0,
     1.05,
     1.15,
     1.3,
@@ -216,7 +225,8 @@ TTFT_BUCKETS: tuple[float, ...] = (
 )
 
 # Time per output token: SLOs at 20-100 ms, fast GPUs reach 5 ms; no bucket wider than 12.5% of
-# its lower bound from 4 ms to 110 ms.
+# its lower bound from 4 ms to 110 ms; includes the GenAI conventions' advised boundaries for
+# gen_ai.server.time_per_output_token.
 TPOT_BUCKETS: tuple[float, ...] = (
     0.001,
     0.002,
@@ -260,8 +270,11 @@ TPOT_BUCKETS: tuple[float, ...] = (
     0.15,
     0.2,
     0.3,
+    0.4,
     0.5,
+    0.75,
     1.0,
+    2.5,
 )
 
 # Items per request or per executed batch: powers of two, 128 and above land in +Inf.

@@ -307,7 +307,7 @@ def test_llm_options_are_checked() -> None:
     assert defaults.ttft_threshold_seconds in schema.TTFT_BUCKETS
     assert defaults.tpot_threshold_seconds in schema.TPOT_BUCKETS
     with pytest.raises(ValueError, match="ttft_threshold_seconds must be one of the bucket"):
-        GenerateOptions(ttft_threshold_seconds=1.0)  # between 0.95 and 1.05
+        GenerateOptions(ttft_threshold_seconds=0.9)  # between 0.85 and 0.95
     with pytest.raises(ValueError, match="tpot_threshold_seconds must be one of the bucket"):
         GenerateOptions(tpot_threshold_seconds=0.08)
     for name in ("ttft_objective", "tpot_objective", "truncation_alert_ratio"):

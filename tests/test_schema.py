@@ -209,3 +209,12 @@ def test_no_module_but_the_schema_spells_a_metric_name() -> None:
             if match:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {match.group(0)}")
     assert offenders == []
+
+
+def test_llm_buckets_hold_every_genai_boundary() -> None:
+    """The OTLP GenAI export re-counts our buckets onto the conventions' boundaries: exact
+    when each of theirs is one of ours."""
+    from inferwatch import otlp_metrics
+
+    assert set(otlp_metrics.GEN_AI_TTFT_BUCKETS) <= set(schema.TTFT_BUCKETS)
+    assert set(otlp_metrics.GEN_AI_TPOT_BUCKETS) <= set(schema.TPOT_BUCKETS)
