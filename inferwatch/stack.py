@@ -4,7 +4,8 @@ The reference model server, the sidecar in front of it, Prometheus with the gene
 Alertmanager delivering to a local webhook; then a scripted load (steady traffic, a model server
 that hangs, a burst that fills the queue, a latency spike) so that every metric moves and alerts
 fire. Rule windows are shrunk (GenerateOptions.window_scale) so the burn-rate alerts fire within
-a minute instead of an hour.
+a minute instead of an hour. A share of the load is streamed chat completions to the server's
+language model (tiny-llm), so the LLM dashboard's TTFT, TPOT and token panels fill too.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ LOOPBACK = "127.0.0.1"
 WINDOW_SCALE = 1 / 60  # burn-rate windows: 1h -> 1m, 5m -> 5s
 TEXT_MODEL = "text-classifier"
 IMAGE_MODEL = "image-classifier"
+LLM_MODEL = "tiny-llm"
 IMAGE_VALUES = 3 * 32 * 32
+LLM_SHARE = 0.25  # of the load generator's requests: streamed chat completions
+MAX_ALERT_LINES = 4  # the live view lists this many firing alerts, then "+N more"
 
 
 @dataclass
@@ -272,6 +276,23 @@ def image_request(rng: random.Random, batch: int) -> tuple[str, dict[str, Any]]:
     return f"/v2/models/{IMAGE_MODEL}/infer", body
 
 
+def chat_request(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """A streamed chat completion: usage in the stream, and a stop string now and then so
+    that both finish reasons (stop, length) show."""
+    topics = ["the weather", "GPUs", "batching", "the news", "a recipe", "football"]
+    body: dict[str, Any] = {
+        "model": LLM_MODEL,
+        "messages": [{"role": "user", "content": f"Tell me about {rng.choice(topics)}."}],
+        "max_tokens": rng.randint(16, 64),
+        "temperature": 0.8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if rng.random() < 0.4:
+        body["stop"] = ["."]
+    return "/v1/chat/completions", body
+
+
 class Load:
     """The scripted load: a pool of clients whose concurrency each phase sets."""
 
@@ -289,12 +310,17 @@ class Load:
                 continue
             low, high = self.phase.batch
             batch = self.rng.randint(low, high)
-            make = image_request if self.rng.random() < 0.3 else text_request
-            path, body = make(self.rng, max(1, batch // 4) if make is image_request else batch)
+            pick = self.rng.random()
+            if pick < LLM_SHARE:
+                path, body = chat_request(self.rng)
+            elif pick < LLM_SHARE + 0.25:
+                path, body = image_request(self.rng, max(1, batch // 4))
+            else:
+                path, body = text_request(self.rng, batch)
             started = time.monotonic()
             try:
                 async with self.session.post(self.proxy + path, json=body) as response:
-                    await response.read()
+                    await response.read()  # a stream: every chunk, to data: [DONE]
                     status = response.status
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 status = 0
@@ -363,16 +389,117 @@ def summary_table(phase: Phase, summary: Summary, stats: ClientStats, source: st
     table.add_column("alerts firing")
     table.add_column("responses (status: count)")
     seen = ", ".join(f"{s or 'failed'}: {n}" for s, n in sorted(stats.statuses.items()))
+    firing = [name.removeprefix("Inference") for name in summary.firing]
+    if len(firing) > MAX_ALERT_LINES:  # keep the view short enough for a 24-line terminal
+        firing = [*firing[: MAX_ALERT_LINES - 1], f"+{len(firing) - MAX_ALERT_LINES + 1} more"]
     table.add_row(
         fmt(summary.rps, ".1f"),
         fmt(summary.p95_ms, ".0f"),
         fmt(summary.queue, ".0f"),
         fmt(summary.errors, ".2f"),
-        "\n".join(name.removeprefix("Inference") for name in summary.firing) or "none",
+        "\n".join(firing) or "none",
         seen or "-",
     )
     table.caption = f"from {source}"
     return table
+
+
+class _ConsoleLogHandler(logging.Handler):
+    """Writes log records through a rich console, so that a live view redraws below them."""
+
+    def __init__(self, console: Any, formatter: logging.Formatter | None, level: int) -> None:
+        super().__init__(level)
+        self.console = console
+        if formatter is not None:
+            self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from rich.text import Text
+
+            self.console.print(Text(self.format(record)))
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def logs_through(console: Any) -> Iterator[None]:
+    """While in the block, the root logger's terminal handlers write through ``console``.
+
+    A rich ``Live`` redraws its view by moving the cursor up as many lines as it last drew.
+    logging's StreamHandler holds the real stderr (taken when logging was configured, so
+    Live's redirection of sys.stderr misses it) and wrote its lines into the middle of the
+    view: each redraw then started too low and left the view's top lines (progress, phase,
+    table header) behind, a partial copy per log line. Through the console, Live prints the
+    lines above the view and redraws it below them.
+    """
+    root = logging.getLogger()
+    terminals = {sys.__stderr__, sys.__stdout__, sys.stderr, sys.stdout}
+    swapped = [
+        h
+        for h in root.handlers
+        if type(h) is logging.StreamHandler and getattr(h, "stream", None) in terminals
+    ]
+    replacements = [_ConsoleLogHandler(console, h.formatter, h.level) for h in swapped]
+    for old, new in zip(swapped, replacements, strict=True):
+        root.removeHandler(old)
+        root.addHandler(new)
+    try:
+        yield
+    finally:
+        for old, new in zip(swapped, replacements, strict=True):
+            root.removeHandler(new)
+            root.addHandler(old)
+
+
+class LiveView:
+    """The demo's live terminal view: a progress bar and the summary table, redrawn in place
+    with the log lines printed above it. ``with LiveView(console, total) as view: ...``."""
+
+    def __init__(self, console: Any, total: float, refresh_per_second: float = 2) -> None:
+        from rich.live import Live
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=console
+        )
+        self.task = self.progress.add_task("load", total=total)
+        # Cropped, never taller than the terminal: Live cannot move the cursor above the
+        # screen's top to redraw a taller view.
+        self.live = Live(
+            console=console, refresh_per_second=refresh_per_second, vertical_overflow="crop"
+        )
+        self._logs: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> LiveView:
+        self._logs = contextlib.ExitStack()
+        self._logs.enter_context(logs_through(self.console))
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.live.__exit__(*exc)
+        finally:
+            if self._logs is not None:
+                self._logs.close()
+
+    def phase(self, phase: Phase) -> None:
+        self.progress.update(self.task, description=f"{phase.name:7}")
+
+    def show(
+        self,
+        phase: Phase,
+        summary: Summary,
+        stats: ClientStats,
+        source: str,
+        completed: float,
+    ) -> None:
+        from rich.console import Group
+
+        self.progress.update(self.task, completed=completed)
+        self.live.update(Group(self.progress, summary_table(phase, summary, stats, source)))
 
 
 async def hang(proc: subprocess.Popen[bytes], seconds: float) -> None:
@@ -391,6 +518,7 @@ class DemoResult:
     alerts: list[dict[str, Any]]
     png: Path | None
     statuses: dict[int, int]
+    pngs: list[Path] = field(default_factory=list)  # every dashboard rendered
 
 
 def phases_for(duration: float) -> Iterator[tuple[Phase, float]]:
@@ -426,9 +554,7 @@ async def run_demo(
     repeat: bool = False,
 ) -> DemoResult:
     """Start everything, drive the load, render the overview, stop everything."""
-    from rich.console import Console, Group
-    from rich.live import Live
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.console import Console
 
     console = Console(stderr=False)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -446,6 +572,7 @@ async def run_demo(
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     stats = ClientStats()
     png: Path | None = None
+    pngs: list[Path] = []
     try:
         webhook.start()
         procs.start(
@@ -533,10 +660,7 @@ async def run_demo(
                 asyncio.create_task(load.client(i, stop))
                 for i in range(max(p.concurrency for p in PHASES))
             ]
-            progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn()
-            )
-            task = progress.add_task("load", total=duration)
+            view = LiveView(console, duration)
             begun = time.monotonic()
 
             async def show(phase: Phase) -> None:
@@ -547,16 +671,15 @@ async def run_demo(
                     summary = client_summary(stats)
                     source = "the load generator (no Prometheus)"
                 elapsed = time.monotonic() - begun
-                progress.update(task, completed=elapsed % duration if repeat else elapsed)
-                live.update(Group(progress, summary_table(phase, summary, stats, source)))
+                view.show(phase, summary, stats, source, elapsed % duration if repeat else elapsed)
 
             interrupted = False
             try:
-                with Live(console=console, refresh_per_second=2) as live:
+                with view:
                     while True:
                         for phase, seconds in phases_for(duration):
                             load.phase = phase
-                            progress.update(task, description=f"{phase.name:7}")
+                            view.phase(phase)
                             await run_phase(phase, seconds, procs.get("server"), show)
                         if not repeat:
                             break
@@ -569,8 +692,10 @@ async def run_demo(
                 await wait_for_delivery(session, prometheus, webhook)
             if prometheus_bin and render_png:
                 try:
-                    png = await asyncio.to_thread(render_overview, prometheus, workdir, duration)
-                    console.print(f"dashboard preview: {png}")
+                    pngs = await asyncio.to_thread(render_previews, prometheus, workdir, duration)
+                    png = pngs[0]
+                    for path in pngs:
+                        console.print(f"dashboard preview: {path}")
                 except ImportError:
                     console.print("no PNG preview: pip install 'inferwatch[render]' (matplotlib)")
             if interrupted:
@@ -578,7 +703,7 @@ async def run_demo(
     finally:
         procs.stop_all()
         webhook.close()
-    return DemoResult(workdir, webhook.alerts, png, dict(stats.statuses))
+    return DemoResult(workdir, webhook.alerts, png, dict(stats.statuses), pngs)
 
 
 async def wait_for_delivery(
@@ -596,18 +721,35 @@ async def wait_for_delivery(
         await asyncio.sleep(1.0)
 
 
-def render_overview(prometheus: str, workdir: Path, duration: float) -> Path:
+PREVIEWS = (("inferwatch-overview", "overview.png"), ("inferwatch-llm", "llm.png"))
+
+
+def render_previews(prometheus: str, workdir: Path, duration: float) -> list[Path]:
+    """The overview as overview.png, then the LLM dashboard as llm.png when the generator
+    has one (uid inferwatch-llm); the overview first."""
     from inferwatch.generate import dashboards
     from inferwatch.render import render_dashboard
 
-    overview = dashboards.dashboards(GenerateOptions())["inferwatch-overview.json"]
-    return render_dashboard(
-        overview,
-        prometheus,
-        workdir / "overview.png",
-        minutes=max(1.0, duration / 60 + 0.5),
-        rate_interval="10s",  # the demo scrapes every second
-    )
+    generated = dashboards.dashboards(GenerateOptions())
+    written = []
+    for uid, name in PREVIEWS:
+        dashboard = generated.get(f"{uid}.json")
+        if dashboard is None:
+            continue
+        written.append(
+            render_dashboard(
+                dashboard,
+                prometheus,
+                workdir / name,
+                minutes=max(1.0, duration / 60 + 0.5),
+                rate_interval="10s",  # the demo scrapes every second
+            )
+        )
+    return written
+
+
+def render_overview(prometheus: str, workdir: Path, duration: float) -> Path:
+    return render_previews(prometheus, workdir, duration)[0]
 
 
 # --- the command ----------------------------------------------------------------------------------
