@@ -436,11 +436,15 @@ def test_llm_throughput_and_finish_reasons() -> None:
         "sum by (source, model_name, reason) (rate(model_inference_finish_reasons_total"
         f"{{{selected}}}[$__rate_interval]))"
     ]
-    assert exprs(by_title(LLM, "Truncation ratio")) == [
-        "sum by (source, model_name) (rate(model_inference_finish_reasons_total"
-        f'{{{selected}, reason="length"}}[$__rate_interval])) / '
+    generations = (
         "sum by (source, model_name) (rate(model_inference_finish_reasons_total"
         f"{{{selected}}}[$__rate_interval]))"
+    )
+    # 0 rather than no data while nothing was truncated (the length series appears on first use)
+    assert exprs(by_title(LLM, "Truncation ratio")) == [
+        "(sum by (source, model_name) (rate(model_inference_finish_reasons_total"
+        f'{{{selected}, reason="length"}}[$__rate_interval])) or 0 * {generations}) / '
+        f"{generations}"
     ]
     options = GenerateOptions(truncation_alert_ratio=0.25)
     board = dashboards.dashboards(options)["inferwatch-llm.json"]

@@ -47,6 +47,7 @@ BASE_IDS = {
     ("ConfigMap", "inferwatch-overview"),
     ("ConfigMap", "inferwatch-gpu"),
     ("ConfigMap", "inferwatch-autoscaling"),
+    ("ConfigMap", "inferwatch-llm"),
 }
 
 

@@ -70,7 +70,13 @@ def model_server() -> web.Application:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return [0 for _ in images]
 
-    @monitor_inference(model_name="llama", registry=registry, batch_size=1)
+    @monitor_inference(
+        model_name="llama",
+        registry=registry,
+        batch_size=1,
+        tokens=True,
+        finish_reason=lambda word: "stop",
+    )
     async def generate_tokens(prompt: str) -> AsyncIterator[str]:
         for word in prompt.split():
             await asyncio.sleep(0.001)
@@ -94,6 +100,8 @@ def model_server() -> web.Application:
         async for word in generate_tokens(doc["messages"][0]["content"]):
             chunk = {"model": doc["model"], "choices": [{"delta": {"content": word}}]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        finish = {"model": doc["model"], "choices": [{"delta": {}, "finish_reason": "stop"}]}
+        await response.write(f"data: {json.dumps(finish)}\n\n".encode())
         usage = {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
         await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")

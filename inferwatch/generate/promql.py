@@ -396,12 +396,13 @@ def _with(selector: str, matcher: str) -> str:
 
 
 def truncation_ratio(selector: str, labels: Sequence[str], window: str) -> str:
-    """Share of generations cut off at max_tokens (finish reason ``length``), per ``labels``."""
+    """Share of generations cut off at max_tokens (finish reason ``length``), per ``labels``;
+    0, not "no data", while nothing was truncated (finish reasons appear on first use)."""
     family = schema.FINISH_REASONS_TOTAL.name
     truncated = _with(selector, eq("reason", schema.FINISH_LENGTH))
+    generations = sum_by(labels, rate(family, selector, window))
     return ratio(
-        sum_by(labels, rate(family, truncated, window)),
-        sum_by(labels, rate(family, selector, window)),
+        f"({sum_by(labels, rate(family, truncated, window))} or 0 * {generations})", generations
     )
 
 
