@@ -18,6 +18,7 @@ from prometheus_client import disable_created_metrics
 from inferwatch._version import __version__
 
 COMMANDS: dict[str, str] = {
+    "autoscale": "inferwatch.autoscale.cli",
     "dashboards": "inferwatch.render",
     "demo": "inferwatch.stack",
     "generate": "inferwatch.generate.cli",
