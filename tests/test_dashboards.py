@@ -519,6 +519,36 @@ def test_autoscaling_shows_the_hpa_metrics_against_the_targets_of_the_options() 
     assert pressure[0].endswith(" / 7") and pressure[1].endswith(" / 250")
 
 
+def test_autoscaling_shows_which_sources_feed_the_queue_signal() -> None:
+    panel = by_title(AUTOSCALING, "Queue length by source, per pod")
+    assert exprs(panel) == [
+        'sum by (namespace, pod, source) (model_inference_queue_length{namespace=~"$namespace"})'
+    ]
+    assert panel["targets"][0]["legendFormat"] == "{{namespace}}/{{pod}} {{source}}"
+    assert panel["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    for source in ("sidecar", "app", "server"):
+        assert f"({source})" in panel["description"]
+    # Next to the two HPA metrics, in the HPA metrics row.
+    queue = by_title(AUTOSCALING, "Queue length per pod (inference_queue_length)")
+    assert (panel["gridPos"]["y"], panel["gridPos"]["w"]) == (queue["gridPos"]["y"], 8)
+
+
+def test_the_llm_profile_draws_the_kv_cache_instead_of_the_p95(
+    promtool: str, tmp_path: Path
+) -> None:
+    options = GenerateOptions(autoscaling_profile="llm", kv_cache_usage_target=0.75)
+    board = dashboards.dashboards(options)["inferwatch-autoscaling.json"]
+    titles = {p["title"] for p in panels(board)}
+    assert "p95 latency per pod (p95_latency_ms)" not in titles
+    kv = by_title(board, "KV-cache usage per pod (kv_cache_usage_ratio)")
+    per_pod = 'max by (namespace, pod) (model_kv_cache_usage_ratio{namespace=~"$namespace"})'
+    assert exprs(kv) == [per_pod, f"avg by (namespace) ({per_pod})", "vector(0.75)"]
+    pressure = exprs(by_title(board, "Scaling pressure"))
+    assert pressure[1] == f"avg by (namespace) ({per_pod}) / 0.75"
+    queries = [substitute(e) for _, e in panel_queries(board)]
+    assert promtool_check_rules(promtool, tmp_path, queries) == ""
+
+
 def test_gpu_thresholds_follow_the_alert_options() -> None:
     options = GenerateOptions(gpu_temperature_alert_celsius=80, gpu_memory_alert_ratio=0.9)
     board = dashboards.dashboards(options)["inferwatch-gpu.json"]

@@ -348,11 +348,30 @@ def test_scaled_object_targets_the_deployment(tree: Path) -> None:
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     assert scaled["spec"]["scaleTargetRef"] == {"name": deployment["metadata"]["name"]}
     assert scaled["metadata"]["namespace"] == deployment["metadata"]["namespace"]
-    assert [t["type"] for t in scaled["spec"]["triggers"]] == ["prometheus", "prometheus"]
+    assert [t["type"] for t in scaled["spec"]["triggers"]] == ["cpu", "prometheus", "prometheus"]
     hpa = one(kustomize(overlay(tree, "hpa")), "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     # Neither fights the autoscaler: the Deployment leaves replicas to it.
     assert "replicas" not in deployment["spec"]
+
+
+def test_every_container_requests_the_cpu_the_hpa_scales_on(tree: Path) -> None:
+    """A CPU Utilization target is a share of the pod's CPU requests: without a request in
+    every container the HPA cannot compute it (and KEDA's cpu trigger neither)."""
+    hpa = one(kustomize(overlay(tree, "hpa")), "HorizontalPodAutoscaler")
+    (cpu,) = [m for m in hpa["spec"]["metrics"] if m["type"] == "Resource"]
+    assert cpu["resource"] == {
+        "name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": 70},
+    }
+    scaled = one(kustomize(overlay(tree, "keda")), "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["metadata"] == {"value": "70"}
+    deployment = one(kustomize(overlay(tree, "base")), "Deployment")
+    requests = {
+        c["name"]: c["resources"]["requests"]["cpu"]
+        for c in deployment["spec"]["template"]["spec"]["containers"]
+    }
+    assert requests == {kubernetes.SERVER_CONTAINER: "2", kubernetes.SIDECAR_CONTAINER: "250m"}
 
 
 def test_gpu_goes_to_the_model_container_only(tree: Path) -> None:
@@ -501,7 +520,7 @@ def test_other_names_and_namespaces_reach_every_resource(tmp_path: Path) -> None
     assert deployment["metadata"]["name"] == "bert"
     assert one(docs, "PodMonitor")["spec"]["selector"] == deployment["spec"]["selector"]
     assert one(docs, "ScaledObject")["spec"]["scaleTargetRef"] == {"name": "bert"}
-    for trigger in one(docs, "ScaledObject")["spec"]["triggers"]:
+    for trigger in one(docs, "ScaledObject")["spec"]["triggers"][1:]:
         assert 'namespace="serving",pod=~"bert-.*"' in trigger["metadata"]["query"]
     assert one(kustomize(overlay(root, "hpa")), "HorizontalPodAutoscaler")["spec"][
         "scaleTargetRef"

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from inferwatch import cli, generate, schema
-from inferwatch.generate import autoscaling, promql
+from inferwatch.generate import autoscaling, kubernetes, promql
 from inferwatch.generate.cli import load_options
-from inferwatch.generate.options import GenerateOptions
+from inferwatch.generate.options import AUTOSCALING_PROFILES, GenerateOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,11 +128,17 @@ def render_adapter_query(rule: dict[str, Any], namespace: str, pods: list[str]) 
 
 
 def test_every_autoscaling_query_parses(tmp_path: Path, promtool: str) -> None:
-    options = GenerateOptions()
     exprs = [
         render_adapter_query(r, "serving", ["a-1", "a-2"]) for r in autoscaling.adapter_rules()
     ]
-    exprs += list(autoscaling.keda_queries(options))
+    for profile in AUTOSCALING_PROFILES:
+        options = GenerateOptions(autoscaling_profile=profile)
+        scaled = autoscaling.keda_scaled_object(options)
+        exprs += [
+            t["metadata"]["query"] for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"
+        ]
+    exprs += list(autoscaling.keda_queries(GenerateOptions()).values())
+    assert len(exprs) == 3 + 2 + 2 + 3
     rules = [{"record": f"check:query:{i}", "expr": e} for i, e in enumerate(exprs)]
     path = tmp_path / "queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
@@ -140,20 +146,115 @@ def test_every_autoscaling_query_parses(tmp_path: Path, promtool: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def adapter_rules_of(text: str) -> list[dict[str, Any]]:
+    config_map = yaml.safe_load(text)
+    return yaml.safe_load(config_map["data"]["config.yaml"])["rules"]  # type: ignore[no-any-return]
+
+
 def test_adapter_serves_the_hpa_metric_names() -> None:
-    hpa = yaml.safe_load((ROOT / generate.KUBERNETES / "hpa/hpa.yaml").read_text())
-    wanted = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
-    config_map = yaml.safe_load(
+    rules = adapter_rules_of(
         (
             ROOT / generate.KUBERNETES / "prometheus-adapter/prometheus-adapter-config.yaml"
         ).read_text()
     )
-    rules = yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
-    assert (
-        {r["name"]["as"] for r in rules} == wanted == {"inference_queue_length", "p95_latency_ms"}
-    )
+    served = {r["name"]["as"] for r in rules}
+    assert served == {"inference_queue_length", "p95_latency_ms", "kv_cache_usage_ratio"}
+    # One adapter install serves either profile's HPA: every pods metric of both.
+    for profile in AUTOSCALING_PROFILES:
+        spec = autoscaling.hpa(GenerateOptions(autoscaling_profile=profile))["spec"]
+        wanted = {m["pods"]["metric"]["name"] for m in spec["metrics"] if m["type"] == "Pods"}
+        assert wanted <= served
     for rule in rules:
         assert "<<.GroupBy>>" in rule["metricsQuery"].split(")")[0]  # inside the aggregation
+    (kv,) = [r for r in rules if r["name"]["as"] == "kv_cache_usage_ratio"]
+    assert kv["seriesQuery"] == 'model_kv_cache_usage_ratio{namespace!="",pod!=""}'
+    # The family the sidecar exports, once schema.py defines it, is the one the rule reads.
+    family = getattr(schema, "KV_CACHE_USAGE", None)
+    if family is not None:
+        assert family.name == promql.KV_CACHE_USAGE_RATIO
+        assert family.kind == "gauge" and "source" in family.labels
+
+
+# The seed's HPA, as shipped by default: what `deploy/kubernetes/hpa/hpa.yaml` must say.
+SEED_BEHAVIOR = {
+    "scaleDown": {
+        "stabilizationWindowSeconds": 300,
+        "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}],
+    },
+    "scaleUp": {
+        "stabilizationWindowSeconds": 60,
+        "policies": [
+            {"type": "Percent", "value": 100, "periodSeconds": 30},
+            {"type": "Pods", "value": 2, "periodSeconds": 30},
+        ],
+        "selectPolicy": "Max",
+    },
+}
+
+
+def test_the_generated_hpa_is_the_seed_hpa() -> None:
+    hpa = yaml.safe_load((ROOT / generate.KUBERNETES / "hpa/hpa.yaml").read_text())
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["kind"] == "HorizontalPodAutoscaler"
+    assert hpa["metadata"] == {"name": "model-server", "namespace": "default"}
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "model-server",
+    }
+    assert spec["minReplicas"] == 2
+    assert spec["maxReplicas"] == 20
+    cpu, queue, p95 = spec["metrics"]
+    assert cpu == {
+        "type": "Resource",
+        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+    }
+    assert queue == {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": "inference_queue_length"},
+            "target": {"type": "AverageValue", "averageValue": "10"},
+        },
+    }
+    assert p95 == {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": "p95_latency_ms"},
+            "target": {"type": "AverageValue", "averageValue": "100"},
+        },
+    }
+    assert spec["behavior"]["scaleDown"] == SEED_BEHAVIOR["scaleDown"]
+    assert spec["behavior"]["scaleUp"] == SEED_BEHAVIOR["scaleUp"]
+    assert spec == {
+        "scaleTargetRef": spec["scaleTargetRef"],
+        "minReplicas": 2,
+        "maxReplicas": 20,
+        "metrics": [cpu, queue, p95],
+        "behavior": SEED_BEHAVIOR,
+    }
+    kubernetes_validate.validate(hpa, "1.30", strict=True)
+
+
+def test_the_keda_scaled_object_scales_as_the_seed_hpa() -> None:
+    scaled = yaml.safe_load(
+        (ROOT / generate.KUBERNETES / "keda/keda-scaledobject.yaml").read_text()
+    )
+    spec = scaled["spec"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 20)
+    assert spec["advanced"] == {"horizontalPodAutoscalerConfig": {"behavior": SEED_BEHAVIOR}}
+    cpu, queue, p95 = spec["triggers"]
+    assert cpu == {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}}
+    assert (queue["name"], queue["metricType"], queue["metadata"]["threshold"]) == (
+        "inference-queue-length",
+        "AverageValue",
+        "10",
+    )
+    assert (p95["name"], p95["metricType"], p95["metadata"]["threshold"]) == (
+        "p95-latency-ms",
+        "Value",
+        "100",
+    )
 
 
 @pytest.mark.parametrize(
@@ -169,13 +270,129 @@ def test_keda_scaled_object_shape() -> None:
         (ROOT / generate.KUBERNETES / "keda/keda-scaledobject.yaml").read_text()
     )
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    triggers = {t["name"]: t for t in scaled["spec"]["triggers"]}
+    triggers = {t["name"]: t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"}
     assert triggers["inference-queue-length"]["metricType"] == "AverageValue"
     assert triggers["p95-latency-ms"]["metricType"] == "Value"
     for trigger in triggers.values():
-        assert trigger["type"] == "prometheus"
         assert set(trigger["metadata"]) == {"serverAddress", "query", "threshold"}
         assert trigger["metadata"]["query"].endswith("or vector(0)")  # always one element
+
+
+def test_every_autoscaling_value_follows_its_option() -> None:
+    options = GenerateOptions(
+        min_replicas=3,
+        max_replicas=9,
+        cpu_utilization_target=55,
+        queue_length_target=4,
+        p95_latency_target_ms=300,
+        scale_up_stabilization_seconds=10,
+        scale_up_percent=200,
+        scale_up_pods=5,
+        scale_up_period_seconds=20,
+        scale_down_stabilization_seconds=600,
+        scale_down_percent=25,
+        scale_down_period_seconds=120,
+    )
+    hpa, scaled = autoscaling.hpa(options), autoscaling.keda_scaled_object(options)
+    behavior = {
+        "scaleDown": {
+            "stabilizationWindowSeconds": 600,
+            "policies": [{"type": "Percent", "value": 25, "periodSeconds": 120}],
+        },
+        "scaleUp": {
+            "stabilizationWindowSeconds": 10,
+            "policies": [
+                {"type": "Percent", "value": 200, "periodSeconds": 20},
+                {"type": "Pods", "value": 5, "periodSeconds": 20},
+            ],
+            "selectPolicy": "Max",
+        },
+    }
+    spec = hpa["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"], spec["behavior"]) == (3, 9, behavior)
+    cpu, queue, p95 = spec["metrics"]
+    assert cpu["resource"]["target"]["averageUtilization"] == 55
+    assert queue["pods"]["target"]["averageValue"] == "4"
+    assert p95["pods"]["target"]["averageValue"] == "300"
+    keda = scaled["spec"]
+    assert (keda["minReplicaCount"], keda["maxReplicaCount"]) == (3, 9)
+    assert keda["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == behavior
+    assert [t["metadata"].get("value") or t["metadata"]["threshold"] for t in keda["triggers"]] == [
+        "55",
+        "4",
+        "300",
+    ]
+    kubernetes_validate.validate(hpa, "1.30", strict=True)
+
+
+def test_the_llm_profile_scales_on_waiting_requests_and_kv_cache() -> None:
+    options = GenerateOptions(autoscaling_profile="llm", kv_cache_usage_target=0.75)
+    hpa = autoscaling.hpa(options)
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "inference_queue_length"},
+                "target": {"type": "AverageValue", "averageValue": "10"},
+            },
+        },
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "kv_cache_usage_ratio"},
+                "target": {"type": "AverageValue", "averageValue": "0.75"},
+            },
+        },
+    ]
+    assert hpa["spec"]["behavior"] == SEED_BEHAVIOR
+    kubernetes_validate.validate(hpa, "1.30", strict=True)
+    scaled = autoscaling.keda_scaled_object(options)["spec"]
+    queue, kv = scaled["triggers"]
+    assert [t["type"] for t in (queue, kv)] == ["prometheus", "prometheus"]
+    assert (kv["name"], kv["metricType"], kv["metadata"]["threshold"]) == (
+        "kv-cache-usage-ratio",
+        "AverageValue",
+        "0.75",
+    )
+    assert kv["metadata"]["query"] == (
+        'sum(max by (namespace, pod) (model_kv_cache_usage_ratio{namespace="default",'
+        'pod=~"model-server-.*"})) or vector(0)'
+    )
+    assert queue["metadata"]["query"] == autoscaling.keda_queries(options)["inference_queue_length"]
+    # The queue signal is the same recorded sum of every source's queue (server's included).
+    assert promql.pod_queue_length_expr() == (
+        "sum by (namespace, pod) (model_inference_queue_length)"
+    )
+    # The llm profile's files: its HPA, and the same adapter rules as the default's.
+    files = kubernetes.manifests(options)
+    assert yaml.safe_load(files[f"{kubernetes.HPA}/hpa.yaml"]) == hpa
+    adapter = f"{kubernetes.ADAPTER}/prometheus-adapter-config.yaml"
+    assert files[adapter] == kubernetes.manifests(GenerateOptions())[adapter]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("autoscaling_profile", "gpu"),
+        ("cpu_utilization_target", 0),
+        ("queue_length_target", -1),
+        ("p95_latency_target_ms", 0),
+        ("kv_cache_usage_target", 1.5),
+        ("kv_cache_usage_target", 0.0),
+        ("min_replicas", 0),
+        ("max_replicas", 1),
+        ("scale_up_stabilization_seconds", 3601),
+        ("scale_down_stabilization_seconds", -1),
+        ("scale_up_period_seconds", 0),
+        ("scale_down_period_seconds", 1801),
+        ("scale_up_percent", 0),
+        ("scale_up_pods", 0),
+        ("scale_down_percent", -5),
+    ],
+)
+def test_bad_autoscaling_options_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        GenerateOptions(**{field: value})  # type: ignore[arg-type]
 
 
 def test_short_windows_for_live_tests_still_parse(tmp_path: Path, promtool: str) -> None:

@@ -1,8 +1,13 @@
-"""Autoscaling on queue length and p95 latency: the HPA, prometheus-adapter's rules, KEDA.
+"""Autoscaling: the HPA, prometheus-adapter's rules, KEDA.
 
-Both paths read the recording rules (promql.py), so the HPA, the dashboards and the alerts see
-one number. prometheus-adapter is heading for deprecation; KEDA's prometheus trigger is the
-recommended path and needs no adapter.
+Two profiles (``autoscaling_profile``). ``default``: CPU utilization (of the pod's requests),
+the per-pod queue length and the per-pod p95 latency. ``llm``: waiting requests (the same
+queue length; the model server's own waiting generations, source="server", are part of it)
+and the model server's KV-cache usage.
+
+The pods metrics read the recording rules (promql.py), so the HPA, the dashboards and the
+alerts see one number. prometheus-adapter is heading for deprecation; KEDA's prometheus
+trigger is the recommended path and needs no adapter.
 """
 
 from __future__ import annotations
@@ -14,37 +19,83 @@ from inferwatch.generate.options import GenerateOptions
 
 QUEUE_METRIC = "inference_queue_length"
 P95_METRIC = "p95_latency_ms"
+KV_CACHE_METRIC = "kv_cache_usage_ratio"
+PODS_METRICS = (QUEUE_METRIC, P95_METRIC, KV_CACHE_METRIC)  # what the adapter serves
 
 
-def behavior() -> dict[str, Any]:
-    """Scale up at once (a queue is already late), scale down slowly (model loads are slow)."""
+def behavior(options: GenerateOptions) -> dict[str, Any]:
+    """Scale up within a minute (a queue is already late), down slowly (model loads are slow)."""
     return {
-        "scaleUp": {
-            "stabilizationWindowSeconds": 0,
-            "selectPolicy": "Max",
+        "scaleDown": {
+            "stabilizationWindowSeconds": options.scale_down_stabilization_seconds,
             "policies": [
-                {"type": "Percent", "value": 100, "periodSeconds": 15},
-                {"type": "Pods", "value": 4, "periodSeconds": 15},
+                {
+                    "type": "Percent",
+                    "value": options.scale_down_percent,
+                    "periodSeconds": options.scale_down_period_seconds,
+                }
             ],
         },
-        "scaleDown": {
-            "stabilizationWindowSeconds": 300,
-            "selectPolicy": "Min",
-            "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}],
+        "scaleUp": {
+            "stabilizationWindowSeconds": options.scale_up_stabilization_seconds,
+            "policies": [
+                {
+                    "type": "Percent",
+                    "value": options.scale_up_percent,
+                    "periodSeconds": options.scale_up_period_seconds,
+                },
+                {
+                    "type": "Pods",
+                    "value": options.scale_up_pods,
+                    "periodSeconds": options.scale_up_period_seconds,
+                },
+            ],
+            "selectPolicy": "Max",
         },
     }
 
 
+def target_value(value: float) -> str:
+    """A quantity as the HPA and KEDA take it: "10", "0.8"."""
+    return format(value, "g")
+
+
+def pods_targets(options: GenerateOptions) -> list[tuple[str, str]]:
+    """The profile's pods metrics and their per-pod targets (AverageValue), in order."""
+    queue = (QUEUE_METRIC, target_value(options.queue_length_target))
+    if options.autoscaling_profile == "llm":
+        return [queue, (KV_CACHE_METRIC, target_value(options.kv_cache_usage_target))]
+    return [queue, (P95_METRIC, target_value(options.p95_latency_target_ms))]
+
+
+def uses_cpu(options: GenerateOptions) -> bool:
+    return options.autoscaling_profile == "default"
+
+
 def hpa(options: GenerateOptions) -> dict[str, Any]:
-    def pods_metric(name: str, target: int) -> dict[str, Any]:
+    def pods_metric(name: str, target: str) -> dict[str, Any]:
         return {
             "type": "Pods",
             "pods": {
                 "metric": {"name": name},
-                "target": {"type": "AverageValue", "averageValue": str(target)},
+                "target": {"type": "AverageValue", "averageValue": target},
             },
         }
 
+    metrics = [pods_metric(name, target) for name, target in pods_targets(options)]
+    if uses_cpu(options):
+        # Utilization of the pod's CPU requests: every container requests CPU (kubernetes.py).
+        cpu = {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {
+                    "type": "Utilization",
+                    "averageUtilization": options.cpu_utilization_target,
+                },
+            },
+        }
+        metrics.insert(0, cpu)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -57,17 +108,15 @@ def hpa(options: GenerateOptions) -> dict[str, Any]:
             },
             "minReplicas": options.min_replicas,
             "maxReplicas": options.max_replicas,
-            "metrics": [
-                pods_metric(QUEUE_METRIC, options.queue_length_target),
-                pods_metric(P95_METRIC, options.p95_latency_target_ms),
-            ],
-            "behavior": behavior(),
+            "metrics": metrics,
+            "behavior": behavior(options),
         },
     }
 
 
 def adapter_rules() -> list[dict[str, Any]]:
-    """prometheus-adapter custom metrics rules serving the HPA's two pods metrics."""
+    """prometheus-adapter custom metrics rules serving the pods metrics of both profiles (one
+    adapter install serves either HPA; a metric without series is simply not listed)."""
     resources = {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}}
     return [
         {
@@ -82,6 +131,14 @@ def adapter_rules() -> list[dict[str, Any]]:
             "name": {"matches": f"^{promql.POD_P95_SECONDS}$", "as": P95_METRIC},
             "metricsQuery": promql.ADAPTER_MS_QUERY,
         },
+        {
+            # The llm profile's: the fullest KV cache of each pod, straight from the family
+            # (a gauge, no recording rule needed).
+            "seriesQuery": promql.adapter_series(promql.KV_CACHE_USAGE_RATIO),
+            "resources": resources,
+            "name": {"matches": f"^{promql.KV_CACHE_USAGE_RATIO}$", "as": KV_CACHE_METRIC},
+            "metricsQuery": promql.ADAPTER_MAX_QUERY,
+        },
     ]
 
 
@@ -94,30 +151,47 @@ def adapter_config_map(options: GenerateOptions) -> dict[str, Any]:
     }
 
 
-def keda_queries(options: GenerateOptions) -> tuple[str, str]:
-    """The deployment-wide queue length and p95 (ms); each returns exactly one element."""
+def keda_queries(options: GenerateOptions) -> dict[str, str]:
+    """Pods metric -> its deployment-wide query for KEDA; each returns exactly one element.
+
+    The queue and the KV-cache usage are summed over the deployment's pods (the HPA divides
+    them by replicas: an AverageValue, the same as the pods metric); the p95 is the
+    deployment's (a Value: a latency does not divide by replicas)."""
     pods = (
         promql.eq("namespace", options.namespace),
         promql.matches("pod", f"{options.deployment}-.*"),
     )
-    return promql.deployment_queue_length(pods), promql.deployment_p95_ms(pods)
+    return {
+        QUEUE_METRIC: promql.deployment_queue_length(pods),
+        P95_METRIC: promql.deployment_p95_ms(pods),
+        KV_CACHE_METRIC: promql.deployment_kv_cache_usage(pods),
+    }
 
 
 def keda_scaled_object(options: GenerateOptions) -> dict[str, Any]:
-    queue, p95 = keda_queries(options)
+    queries = keda_queries(options)
 
-    def trigger(name: str, metric_type: str, query: str, threshold: int) -> dict[str, Any]:
+    def trigger(name: str, threshold: str) -> dict[str, Any]:
         return {
             "type": "prometheus",
-            "name": name,
-            "metricType": metric_type,
+            "name": name.replace("_", "-"),
+            "metricType": "Value" if name == P95_METRIC else "AverageValue",
             "metadata": {
                 "serverAddress": options.prometheus_url,
-                "query": query,
-                "threshold": str(threshold),
+                "query": queries[name],
+                "threshold": threshold,
             },
         }
 
+    triggers = [trigger(name, target) for name, target in pods_targets(options)]
+    if uses_cpu(options):
+        # KEDA's cpu trigger: the HPA's Resource metric, on the same CPU requests.
+        cpu = {
+            "type": "cpu",
+            "metricType": "Utilization",
+            "metadata": {"value": str(options.cpu_utilization_target)},
+        }
+        triggers.insert(0, cpu)
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -126,18 +200,7 @@ def keda_scaled_object(options: GenerateOptions) -> dict[str, Any]:
             "scaleTargetRef": {"name": options.deployment},
             "minReplicaCount": options.min_replicas,
             "maxReplicaCount": options.max_replicas,
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior()}},
-            "triggers": [
-                # The queue summed over the deployment, divided by replicas by the HPA
-                # (AverageValue): the same as the pods metric above.
-                trigger(
-                    QUEUE_METRIC.replace("_", "-"),
-                    "AverageValue",
-                    queue,
-                    options.queue_length_target,
-                ),
-                # A latency does not divide by replicas: compare the deployment's p95 as is.
-                trigger(P95_METRIC.replace("_", "-"), "Value", p95, options.p95_latency_target_ms),
-            ],
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior(options)}},
+            "triggers": triggers,
         },
     }

@@ -6,6 +6,13 @@ from dataclasses import dataclass, fields
 
 from inferwatch import schema
 
+# Autoscaling profiles: what the HPA (or KEDA) scales on.
+# default: CPU utilization, the per-pod queue length and the per-pod p95 latency.
+# llm: waiting requests (the same queue length, the model server's own waiting generations
+# included) and the model server's KV-cache usage; a generation's latency grows with its
+# output length and a GPU-bound server's CPU says little, so neither is a scaling signal there.
+AUTOSCALING_PROFILES = ("default", "llm")
+
 # The pod's fixed ports, in deploy/kubernetes/ and compose/: the reference model server's HTTP
 # port, and the sidecar's HTTP proxy, gRPC proxy and admin ports (the containers share one
 # network namespace, so the model server's gRPC port must be none of these).
@@ -30,11 +37,24 @@ class GenerateOptions:
     # With grpc_port: probe the sidecar's readiness with Kubernetes' native gRPC probe
     # (grpc.health.v1 on GRPC_PROXY_PORT) instead of HTTP GET /ready; both read one readiness.
     grpc_readiness_probe: bool = False
-    # Autoscaling targets (the HPA's two pods metrics) and bounds.
-    queue_length_target: int = 10
-    p95_latency_target_ms: int = 100
-    min_replicas: int = 1
-    max_replicas: int = 10
+    # Autoscaling: the profile (AUTOSCALING_PROFILES), the targets of its metrics, the bounds.
+    autoscaling_profile: str = "default"
+    cpu_utilization_target: int = 70  # percent of the pod's CPU requests (default profile)
+    queue_length_target: int = 10  # waiting requests per pod, on average (both profiles)
+    p95_latency_target_ms: int = 100  # per pod, on average (default profile)
+    kv_cache_usage_target: float = 0.8  # fraction of the KV cache in use, per pod (llm profile)
+    min_replicas: int = 2
+    max_replicas: int = 20
+    # How fast the HPA moves (its `behavior`; KEDA passes the same block on). Up: within a
+    # minute's stabilization, by the larger of 100% or 2 pods every 30 s; down: after 5
+    # minutes' stabilization, by at most 50% a minute (model loads are slow, so are GPUs).
+    scale_up_stabilization_seconds: int = 60
+    scale_up_percent: int = 100
+    scale_up_pods: int = 2
+    scale_up_period_seconds: int = 30
+    scale_down_stabilization_seconds: int = 300
+    scale_down_percent: int = 50
+    scale_down_period_seconds: int = 60
     # Service level objectives, measured by this layer.
     slo_source: str = schema.SOURCE_SIDECAR
     availability_objective: float = 0.999  # fraction of inferences without a server-side error
@@ -102,7 +122,11 @@ class GenerateOptions:
         if self.slo_source not in (schema.SOURCE_SIDECAR, schema.SOURCE_APP):
             problems.append(f"slo_source must be 'sidecar' or 'app', got {self.slo_source!r}")
         if not 0 < self.min_replicas <= self.max_replicas:
-            problems.append("need 0 < min_replicas <= max_replicas")
+            problems.append(
+                "min_replicas and max_replicas need 0 < min_replicas <= max_replicas, got "
+                f"min_replicas={self.min_replicas}, max_replicas={self.max_replicas}"
+            )
+        problems += self._autoscaling_problems()
         if not 0 <= self.grpc_port <= 65535:
             problems.append(f"grpc_port must be 0 (off) or a port 1-65535, got {self.grpc_port}")
         elif self.grpc_port in POD_PORTS:
@@ -116,6 +140,38 @@ class GenerateOptions:
             problems.append("window_scale must be positive")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _autoscaling_problems(self) -> list[str]:
+        problems = []
+        if self.autoscaling_profile not in AUTOSCALING_PROFILES:
+            problems.append(
+                f"autoscaling_profile must be one of {', '.join(AUTOSCALING_PROFILES)}, "
+                f"got {self.autoscaling_profile!r}"
+            )
+        for name in ("cpu_utilization_target", "queue_length_target", "p95_latency_target_ms"):
+            value = getattr(self, name)
+            if value <= 0:
+                problems.append(f"{name} must be positive, got {value}")
+        if not 0 < self.kv_cache_usage_target <= 1:
+            problems.append(
+                "kv_cache_usage_target must be a fraction in (0, 1], "
+                f"got {self.kv_cache_usage_target}"
+            )
+        # The HPA's limits: a window of at most an hour, policies' periods of at most 30
+        # minutes, positive values.
+        for name in ("scale_up_stabilization_seconds", "scale_down_stabilization_seconds"):
+            value = getattr(self, name)
+            if not 0 <= value <= 3600:
+                problems.append(f"{name} must be 0-3600 (the HPA's limit), got {value}")
+        for name in ("scale_up_period_seconds", "scale_down_period_seconds"):
+            value = getattr(self, name)
+            if not 0 < value <= 1800:
+                problems.append(f"{name} must be 1-1800 (the HPA's limit), got {value}")
+        for name in ("scale_up_percent", "scale_up_pods", "scale_down_percent"):
+            value = getattr(self, name)
+            if value <= 0:
+                problems.append(f"{name} must be positive, got {value}")
+        return problems
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

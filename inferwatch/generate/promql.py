@@ -268,6 +268,23 @@ def pod_queue_length(selector: str) -> str:
     return instant(POD_QUEUE_LENGTH, selector)
 
 
+def pod_queue_length_by_source(selector: str) -> str:
+    """Per pod and source: which queues feed the HPA's queue length (the sidecar's admission
+    queue, the app's batcher, the model server's own waiting requests: source="server")."""
+    return sum_by([*POD_LABELS, "source"], instant(schema.QUEUE_LENGTH.name, selector))
+
+
+# The model server's KV-cache usage, 0-1 (vLLM's, as the sidecar normalises it): the llm
+# autoscaling profile's second metric. The family model_kv_cache_usage_ratio{source, model_name}
+# (a gauge) is being added to schema.py; its name is spelled here until then.
+KV_CACHE_USAGE_RATIO = "model_kv_cache_usage_ratio"
+
+
+def pod_kv_cache_usage(selector: str) -> str:
+    """Per pod: the fullest KV cache (one model server a pod; max if several report)."""
+    return f"max by ({by(POD_LABELS)}) ({instant(KV_CACHE_USAGE_RATIO, selector)})"
+
+
 def pod_p95_ms(selector: str) -> str:
     return ms_without_idle(instant(POD_P95_SECONDS, selector))
 
@@ -277,6 +294,7 @@ def pod_p95_ms(selector: str) -> str:
 # failing the whole metric.
 ADAPTER_SUM_QUERY = "sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})"
 ADAPTER_MS_QUERY = "1000 * max by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>} >= 0)"
+ADAPTER_MAX_QUERY = "max by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})"
 
 
 def adapter_series(record: str) -> str:
@@ -287,6 +305,12 @@ def adapter_series(record: str) -> str:
 def deployment_queue_length(pods: Sequence[str]) -> str:
     """KEDA: the queue summed over the deployment's pods; one element, 0 without pods."""
     return f"{total(pod_queue_length(selector(*pods)))} or vector(0)"
+
+
+def deployment_kv_cache_usage(pods: Sequence[str]) -> str:
+    """KEDA: each pod's KV-cache usage summed over the deployment (divided by replicas as an
+    AverageValue, the same as the pods metric); one element, 0 without pods."""
+    return f"{total(pod_kv_cache_usage(selector(*pods)))} or vector(0)"
 
 
 def deployment_p95_ms(pods: Sequence[str]) -> str:
