@@ -20,6 +20,10 @@ MetricObject = Counter | Gauge | Histogram
 
 SOURCE_SIDECAR = "sidecar"
 SOURCE_APP = "app"
+# The model server's own metrics (Triton, vLLM, SGLang, TGI, TorchServe's management API...),
+# normalised into our families by the sidecar while it merges them into its scrape.
+SOURCE_SERVER = "server"
+SOURCES = (SOURCE_SIDECAR, SOURCE_APP, SOURCE_SERVER)
 
 STATUS_SUCCESS = "success"
 STATUS_ERROR = "error"
@@ -478,6 +482,15 @@ FINISH_REASONS_TOTAL = Family(
     ),
 )
 
+KV_CACHE_USAGE = Family(
+    "model_kv_cache_usage_ratio",
+    "gauge",
+    "Fraction of an LLM engine's KV cache in use (0-1), as the model server reports it.",
+    ("source", "model_name"),
+    unit="ratio",
+    multiprocess_mode="max",
+)
+
 INFERENCE_FAMILIES: tuple[Family, ...] = (
     INFERENCE_TOTAL,
     INFERENCE_FAILURES,
@@ -491,6 +504,7 @@ INFERENCE_FAMILIES: tuple[Family, ...] = (
     TIME_TO_FIRST_TOKEN,
     TIME_PER_OUTPUT_TOKEN,
     FINISH_REASONS_TOTAL,
+    KV_CACHE_USAGE,
 )
 
 # --- GPU label values (NVML) ------------------------------------------------------------------
@@ -676,7 +690,26 @@ UPSTREAM_SCRAPE_ERRORS = Family(
     ("reason",),
 )
 
-OWN_FAMILIES: tuple[Family, ...] = (UPSTREAM_UP, BUILD_INFO, UPSTREAM_SCRAPE_ERRORS)
+# inferwatch_upstream_signal_errors_total{reason}: why part of the server's queue signal
+# (model_*{source="server"}) is missing from a scrape whose upstream metrics were read
+SIGNAL_MAPPING_MISSING = (
+    "mapping_missing"  # a mapped family's metrics are absent (renamed, dropped)
+)
+SIGNAL_MANAGEMENT_FAILED = "management_failed"  # TorchServe's management API failed or was invalid
+SIGNAL_ERROR_REASONS = (SIGNAL_MAPPING_MISSING, SIGNAL_MANAGEMENT_FAILED)
+UPSTREAM_SIGNAL_ERRORS = Family(
+    "inferwatch_upstream_signal_errors_total",
+    "counter",
+    "Times the model server's queue signal could not be read, by reason; other sources served.",
+    ("reason",),
+)
+
+OWN_FAMILIES: tuple[Family, ...] = (
+    UPSTREAM_UP,
+    BUILD_INFO,
+    UPSTREAM_SCRAPE_ERRORS,
+    UPSTREAM_SIGNAL_ERRORS,
+)
 
 FAMILIES: tuple[Family, ...] = INFERENCE_FAMILIES + GPU_FAMILIES + OWN_FAMILIES
 

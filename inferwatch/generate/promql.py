@@ -171,6 +171,11 @@ def gauge_sum(family: schema.Family, selector: str, labels: Sequence[str]) -> st
     return sum_by(labels, instant(family.name, selector))
 
 
+def kv_cache_usage_max(selector: str, labels: Sequence[str]) -> str:
+    """The fullest KV cache (0-1) of each group: a ratio does not add up across engines."""
+    return f"max by ({by(labels)}) ({instant(schema.KV_CACHE_USAGE.name, selector)})"
+
+
 def tokens_per_second(selector: str, labels: Sequence[str], window: str) -> str:
     return sum_by([*labels, "type"], rate(schema.TOKENS.name, selector, window))
 

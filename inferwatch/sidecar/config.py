@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from inferwatch.sidecar import server_metrics
+
 ENV_PREFIX = "INFERWATCH_SIDECAR_"
 
 
@@ -67,6 +69,9 @@ class SidecarConfig:
     ready_timeout: float = 1.0
     upstream_metrics_url: str = "default"  # "default": <upstream>/metrics; "": no merge
     scrape_timeout: float = 5.0
+    upstream_kind: str = "auto"  # which model server: its queue signal's metric names
+    upstream_management_url: str = ""  # TorchServe's management API ("": not polled)
+    server_metrics: tuple[server_metrics.Mapping, ...] = ()  # the user's own mappings
     drain_quiet_period: float = 10.0
     drain_timeout: float = 120.0
     gpu_metrics: bool = False
@@ -107,6 +112,8 @@ class SidecarConfig:
                 value = str(value)
             elif f.name == "routes":
                 value = [{"path": p, "model": m} for p, m in value]
+            elif f.name == "server_metrics":
+                value = [m.to_dict() for m in value]
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -234,6 +241,16 @@ def _metrics_url(raw: Any) -> str:
     return text
 
 
+def _management_url(raw: Any) -> str:
+    text = str(raw).strip()
+    if text.lower() in ("", "none", "off"):
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL (TorchServe's management API), got {text!r}")
+    return text.rstrip("/")
+
+
 def _path(allow_empty: bool) -> Callable[[Any], str]:
     def parse(raw: Any) -> str:
         text = str(raw).strip()
@@ -329,6 +346,29 @@ FIELDS: tuple[Field, ...] = (
     Field("ready_timeout", _seconds(), "seconds a readiness check may take", "S"),
     Field("upstream_metrics_url", _metrics_url, "upstream /metrics to merge ('none' off)", "URL"),
     Field("scrape_timeout", _seconds(), "seconds to fetch the upstream's /metrics", "S"),
+    Field(
+        "upstream_kind",
+        server_metrics.parse_kind,
+        "the model server, whose metrics give the queue signal (source=server): "
+        + "|".join(server_metrics.KINDS)
+        + " (default auto: detected from its metric names)",
+        "KIND",
+    ),
+    Field(
+        "upstream_management_url",
+        _management_url,
+        "TorchServe's management API (e.g. http://127.0.0.1:8081), polled for each model's "
+        "pending requests ('' off)",
+        "URL",
+    ),
+    Field(
+        "server_metrics",
+        server_metrics.parse_mappings,
+        "more upstream metrics for the queue signal: a list of {metric, family "
+        "(queue_length|active_requests|kv_cache_usage_ratio), model_label, match, divide_by} "
+        "(YAML; JSON in env and flag)",
+        "JSON",
+    ),
     Field("drain_quiet_period", _seconds(True), "quiet seconds before drain completes", "S"),
     Field("drain_timeout", _seconds(), "most seconds to wait for in-flight requests", "S"),
     Field("gpu_metrics", _bool, "also export NVML GPU metrics on the admin port", None),
@@ -463,6 +503,14 @@ def _check(config: SidecarConfig) -> None:
         raise ConfigError("grpc_upstream: needed with grpc_listen (the model server's gRPC port)")
     if config.grpc_upstream and config.grpc_listen is None:
         raise ConfigError("grpc_listen: needed with grpc_upstream (where to serve gRPC)")
+    if (
+        config.upstream_kind == server_metrics.KIND_TORCHSERVE
+        and not config.upstream_management_url
+    ):
+        raise ConfigError(
+            "upstream_management_url: needed with upstream_kind torchserve (its queue is only "
+            "in the management API)"
+        )
     if config.workers > 1 and config.grpc_listen is not None and config.grpc_listen.port == 0:
         raise ConfigError("grpc_listen: workers > 1 need a fixed port to share (not port 0)")
 

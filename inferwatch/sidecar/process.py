@@ -26,6 +26,7 @@ from inferwatch.sidecar.health import Drainer, Readiness, UpstreamHealth
 from inferwatch.sidecar.http1 import HTTP1Server
 from inferwatch.sidecar.proxy import ProxyHandler
 from inferwatch.sidecar.scrape import UpstreamScraper
+from inferwatch.sidecar.server_metrics import signal_for
 
 if TYPE_CHECKING:
     from inferwatch.sidecar.grpc_proxy import GrpcProxy, GrpcServer
@@ -143,7 +144,11 @@ class Sidecar:
             self.grpc_port = await self._grpc_server.listen(config.grpc_listen)
 
         if self._serve_admin:
-            self.scraper = UpstreamScraper(self.session, config.metrics_url)
+            bound = BoundedLabel(config.max_models, set(config.allow_models))
+            signal = signal_for(config, self.session, bound)
+            self.scraper = UpstreamScraper(self.session, config.metrics_url, signal)
+            if signal.management is not None:
+                signal.management.start()
             app = admin_app(config, self._collector, self.scraper, self.readiness, drainer.wait)
             admin_runner = web.AppRunner(
                 app, handle_signals=False, access_log=None, shutdown_timeout=runtime.SHUTDOWN_GRACE
@@ -179,6 +184,8 @@ class Sidecar:
         self._runners.clear()
         if self.health is not None:
             await self.health.stop()
+        if self.scraper is not None and self.scraper.signal.management is not None:
+            await self.scraper.signal.management.stop()
         if self.proxy is not None:
             self.proxy.pool.close()
         if self.session is not None:

@@ -8,7 +8,9 @@ upstream's exposition is parsed in full (TorchServe's trailing commas and vLLM's
 included) and rendered again, so a broken upstream can never corrupt the sidecar's output: if
 it is down, slow, too large, not 200 or not an exposition, its part is left out and
 ``inferwatch_upstream_scrape_errors_total{reason}`` counts why. Which upstream families join
-ours is :mod:`inferwatch.sidecar.merge`'s decision.
+ours is :mod:`inferwatch.sidecar.merge`'s decision. From the same parsed families the model
+server's queue signal is read (:mod:`inferwatch.sidecar.server_metrics`) and added to our
+queue, in-flight and KV cache families as ``source="server"``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from inferwatch.exposition.render import (
     wants_openmetrics,
 )
 from inferwatch.sidecar.merge import merge_families
+from inferwatch.sidecar.server_metrics import ServerSignal
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +69,16 @@ class UpstreamScraper:
     ours. One per sidecar process: it keeps what the scrapes learn about the upstream, the
     failures by reason, the collisions already logged, and whether its OpenMetrics is usable."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str | None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str | None,
+        signal: ServerSignal | None = None,
+    ) -> None:
         self.session = session
         self.url = url or None
+        # The server's queue signal; by default detected from the upstream's metric names.
+        self.signal = ServerSignal() if signal is None else signal
         self._errors = dict.fromkeys(schema.SCRAPE_ERROR_REASONS, 0)
         self._last_reason: str | None = None
         self._warned: set[str] = set()
@@ -91,10 +101,17 @@ class UpstreamScraper:
         om = wants_openmetrics(accept)
         content_type = CONTENT_TYPE_OPENMETRICS if om else CONTENT_TYPE_TEXT
         url = self.url
-        if url is None:
+        signal = self.signal
+        if url is None and signal.management is None:
             output, _ = await asyncio.to_thread(_render, collector, None, None, om)
             return output, content_type
         upstream: list[Family] | None = None
+        if url is None:  # the management API alone
+            polled = await asyncio.to_thread(signal.derive, None)
+            output, _ = await asyncio.to_thread(
+                _render, collector, None, None, om, polled, signal.errors_family()
+            )
+            return output, content_type
         try:
             body, upstream_type = await self._fetch_for(url, _fetch_timeout(scrape_timeout), om)
             upstream = await asyncio.to_thread(_upstream_families, body, upstream_type)
@@ -104,16 +121,24 @@ class UpstreamScraper:
             log = logger.warning if self._last_reason != exc.reason else logger.debug
             log("upstream metrics %s left out (%s): %s", url, exc.reason, exc)
             self._last_reason = exc.reason
+        server: dict[str, list[Sample]] = {}
+        try:
+            server = await asyncio.to_thread(signal.derive, upstream)
+        except Exception:  # the signal is an addition: never at the cost of the scrape
+            logger.exception("reading the server's queue signal failed")
+        signal_errors = signal.errors_family() if signal.active else None
         try:
             output, left_out = await asyncio.to_thread(
-                _render, collector, upstream, self._errors, om
+                _render, collector, upstream, self._errors, om, server, signal_errors
             )
         except Exception:
             if not upstream:
                 raise
             logger.exception("merging the upstream's metrics failed; serving ours alone")
             self._errors[schema.SCRAPE_INVALID] += 1
-            output, left_out = await asyncio.to_thread(_render, collector, None, self._errors, om)
+            output, left_out = await asyncio.to_thread(
+                _render, collector, None, self._errors, om, server, signal_errors
+            )
         for name in left_out:
             if name not in self._warned and len(self._warned) < 1000:
                 self._warned.add(name)
@@ -235,14 +260,39 @@ def _errors_family(errors: dict[str, int]) -> Family:
     return Family(_ERRORS_NAME, "counter", schema.UPSTREAM_SCRAPE_ERRORS.help, "", samples)
 
 
+def _add_server_series(ours: list[Family], server: dict[str, list[Sample]]) -> None:
+    """The server's normalised series join our family of that name (created if we lack it);
+    a series we already hold stays ours."""
+    by_name = {f.name: f for f in ours}
+    for name, samples in server.items():
+        if not samples:
+            continue
+        mine = by_name.get(name)
+        if mine is None:
+            mine = Family(name, "gauge", schema.by_name(name).help, "", [])
+            ours.append(mine)
+            by_name[name] = mine
+        seen = {s.labels for s in mine.samples}
+        mine.samples.extend(s for s in samples if s.labels not in seen)
+
+
 def _render(
-    own: Collector, upstream: list[Family] | None, errors: dict[str, int] | None, om: bool
+    own: Collector,
+    upstream: list[Family] | None,
+    errors: dict[str, int] | None,
+    om: bool,
+    server: dict[str, list[Sample]] | None = None,
+    signal_errors: Family | None = None,
 ) -> tuple[bytes, list[str]]:
-    if errors is None:  # nothing to merge: exactly what client_python serves
+    if errors is None and not server and signal_errors is None:
+        # nothing to merge: exactly what client_python serves
         encoder = openmetrics.generate_latest if om else generate_latest
         return encoder(own), []
     ours = families_of(own)
-    if not any(f.name == _ERRORS_NAME for f in ours):
+    if errors is not None and not any(f.name == _ERRORS_NAME for f in ours):
         ours.append(_errors_family(errors))
+    if signal_errors is not None and not any(f.name == signal_errors.name for f in ours):
+        ours.append(signal_errors)
+    _add_server_series(ours, server or {})
     families, left_out = merge_families(ours, upstream or [])
     return (render_openmetrics(families) if om else render_text(families)), left_out

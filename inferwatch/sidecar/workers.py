@@ -26,10 +26,12 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from inferwatch import runtime, schema
 from inferwatch.exposition import MULTIPROC_ENV
+from inferwatch.metrics import BoundedLabel
 from inferwatch.sidecar.admin import admin_app
 from inferwatch.sidecar.config import SidecarConfig, from_dict
 from inferwatch.sidecar.health import Readiness, UpstreamHealth
 from inferwatch.sidecar.scrape import UpstreamScraper
+from inferwatch.sidecar.server_metrics import signal_for
 
 log = logging.getLogger("inferwatch.sidecar.workers")  # also when run as __main__
 
@@ -103,7 +105,9 @@ class Supervisor:
         session = runtime.client_session(config.connect_timeout)
         health = UpstreamHealth.of(config, session, self.upstream_up)
         readiness = Readiness(health, lambda: self.draining)
-        scraper = UpstreamScraper(session, config.metrics_url)
+        bound = BoundedLabel(config.max_models, set(config.allow_models))
+        server_signal = signal_for(config, session, bound)
+        scraper = UpstreamScraper(session, config.metrics_url, server_signal)
         app = admin_app(config, self.registry, scraper, readiness, self.wait_for_drain)
         runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=runtime.SHUTDOWN_GRACE
@@ -117,6 +121,8 @@ class Supervisor:
             raise
         await health.check()
         health.start()
+        if server_signal.management is not None:
+            server_signal.management.start()
         self.procs = [await self.spawn() for _ in range(config.workers)]
         watchers = [asyncio.create_task(self.watch(i)) for i in range(config.workers)]
         loop = asyncio.get_running_loop()
@@ -129,6 +135,8 @@ class Supervisor:
                 task.cancel()
             await runner.cleanup()
             await health.stop()
+            if server_signal.management is not None:
+                await server_signal.management.stop()
             await session.close()
 
 

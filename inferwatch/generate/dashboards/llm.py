@@ -32,8 +32,6 @@ MODEL_LEGEND = "{{model_name}} ({{source}})"
 
 
 def llm(options: GenerateOptions) -> dict[str, Any]:
-    # No KV-cache panel: the schema has no engine KV-cache family yet (model_kv_cache_usage_ratio
-    # is planned); the engine's load shows as requests waiting and running, by source.
     return dashboard(
         LLM_UID,
         "inferwatch / LLM serving",
@@ -93,7 +91,14 @@ def llm(options: GenerateOptions) -> dict[str, Any]:
             ),
             (
                 "Engine",
-                [line(8, (running_per_model(), 12), (waiting_per_model(), 12))],
+                [
+                    line(
+                        8,
+                        (running_per_model(), 8),
+                        (waiting_per_model(), 8),
+                        (kv_cache_per_model(), 8),
+                    )
+                ],
             ),
         ],
     )
@@ -351,4 +356,16 @@ def waiting_per_model() -> core.TimeSeries:
         "batcher, or in the engine's own queue (source server). The three are disjoint.",
         "short",
         [Query(promql.gauge_sum(schema.QUEUE_LENGTH, models(), PER_MODEL), MODEL_LEGEND)],
+    )
+
+
+def kv_cache_per_model() -> core.TimeSeries:
+    return timeseries(
+        "KV cache usage",
+        "Fraction of the engine's KV cache in use per model (source server: vLLM, SGLang, "
+        "TensorRT-LLM as the sidecar reads their metrics); the fullest engine where several "
+        "serve a model. Near 1 the engine queues or preempts generations.",
+        "percentunit",
+        [Query(promql.kv_cache_usage_max(models(), PER_MODEL), MODEL_LEGEND)],
+        maximum=1,
     )
