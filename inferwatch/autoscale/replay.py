@@ -445,6 +445,7 @@ def draw(result: Replay, out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from inferwatch import render
 
@@ -486,6 +487,7 @@ def draw(result: Replay, out: Path) -> Path:
         axes.axhline(
             metric.target, color=render.PALETTE[4], linestyle="--", linewidth=1, label="target"
         )
+        axes.set_ylim(bottom=0)
         _legend(axes)
         render._clock(axes, start, end)
     axes = axes_list[-1, 0]
@@ -511,6 +513,7 @@ def draw(result: Replay, out: Path) -> Path:
         )
     spec = result.plan.spec
     axes.set_ylim(0, spec.max_replicas + 1)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(axes)
     render._clock(axes, start, end)
     figure.tight_layout()
