@@ -168,11 +168,10 @@ def test_adapter_serves_the_hpa_metric_names() -> None:
         assert "<<.GroupBy>>" in rule["metricsQuery"].split(")")[0]  # inside the aggregation
     (kv,) = [r for r in rules if r["name"]["as"] == "kv_cache_usage_ratio"]
     assert kv["seriesQuery"] == 'model_kv_cache_usage_ratio{namespace!="",pod!=""}'
-    # The family the sidecar exports, once schema.py defines it, is the one the rule reads.
-    family = getattr(schema, "KV_CACHE_USAGE", None)
-    if family is not None:
-        assert family.name == promql.KV_CACHE_USAGE_RATIO
-        assert family.kind == "gauge" and "source" in family.labels
+    # The family the sidecar exports (a 0-1 gauge per source and model) is the one it reads.
+    family = schema.KV_CACHE_USAGE
+    assert family.name == promql.KV_CACHE_USAGE_RATIO
+    assert (family.kind, family.labels) == ("gauge", ("source", "model_name"))
 
 
 # The seed's HPA, as shipped by default: what `deploy/kubernetes/hpa/hpa.yaml` must say.

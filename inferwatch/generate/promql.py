@@ -280,14 +280,13 @@ def pod_queue_length_by_source(selector: str) -> str:
 
 
 # The model server's KV-cache usage, 0-1 (vLLM's, as the sidecar normalises it): the llm
-# autoscaling profile's second metric. The family model_kv_cache_usage_ratio{source, model_name}
-# (a gauge) is being added to schema.py; its name is spelled here until then.
-KV_CACHE_USAGE_RATIO = "model_kv_cache_usage_ratio"
+# autoscaling profile's second metric, read as it is (a gauge: no recording rule needed).
+KV_CACHE_USAGE_RATIO = schema.KV_CACHE_USAGE.name
 
 
 def pod_kv_cache_usage(selector: str) -> str:
     """Per pod: the fullest KV cache (one model server a pod; max if several report)."""
-    return f"max by ({by(POD_LABELS)}) ({instant(KV_CACHE_USAGE_RATIO, selector)})"
+    return kv_cache_usage_max(selector, POD_LABELS)
 
 
 def pod_p95_ms(selector: str) -> str:
