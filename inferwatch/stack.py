@@ -519,6 +519,7 @@ class DemoResult:
     png: Path | None
     statuses: dict[int, int]
     pngs: list[Path] = field(default_factory=list)  # every dashboard rendered
+    replay: Path | None = None  # the HPA replayed over the run (replay.png)
 
 
 def phases_for(duration: float) -> Iterator[tuple[Phase, float]]:
@@ -560,7 +561,7 @@ async def run_demo(
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
-    write_configs(workdir, ports)
+    options = write_configs(workdir, ports)
     prometheus_bin = tool("prometheus")
     alertmanager_bin = tool("prometheus-alertmanager", "alertmanager")
     python = sys.executable
@@ -573,6 +574,7 @@ async def run_demo(
     stats = ClientStats()
     png: Path | None = None
     pngs: list[Path] = []
+    replayed: Path | None = None
     try:
         webhook.start()
         procs.start(
@@ -662,6 +664,7 @@ async def run_demo(
             ]
             view = LiveView(console, duration)
             begun = time.monotonic()
+            load_started = time.time()
 
             async def show(phase: Phase) -> None:
                 if prometheus_bin:
@@ -698,12 +701,16 @@ async def run_demo(
                         console.print(f"dashboard preview: {path}")
                 except ImportError:
                     console.print("no PNG preview: pip install 'inferwatch[render]' (matplotlib)")
+            if prometheus_bin and not interrupted:
+                replayed = await asyncio.to_thread(
+                    replay_run, prometheus, workdir, options, load_started, console, render_png
+                )
             if interrupted:
                 raise asyncio.CancelledError
     finally:
         procs.stop_all()
         webhook.close()
-    return DemoResult(workdir, webhook.alerts, png, dict(stats.statuses), pngs)
+    return DemoResult(workdir, webhook.alerts, png, dict(stats.statuses), pngs, replayed)
 
 
 async def wait_for_delivery(
@@ -746,6 +753,32 @@ def render_previews(prometheus: str, workdir: Path, duration: float) -> list[Pat
             )
         )
     return written
+
+
+def replay_run(
+    prometheus: str,
+    workdir: Path,
+    options: GenerateOptions,
+    start: float,
+    console: Any,
+    render_png: bool = True,
+) -> Path | None:
+    """The generated HPA replayed over the run (inferwatch autoscale replay): its table
+    printed, replay.png written."""
+    from inferwatch.autoscale.cli import replay_and_report
+    from inferwatch.autoscale.replay import hpa_plan
+    from inferwatch.generate import autoscaling
+
+    plan = hpa_plan(autoscaling.hpa(options), autoscaling.adapter_rules())
+    out = workdir / "replay.png" if render_png else None
+    try:
+        _, png = replay_and_report(prometheus, plan, start, time.time(), out, console=console)
+    except (OSError, RuntimeError) as exc:
+        console.print(f"[yellow]no HPA replay: {exc}[/]")
+        return None
+    if png is not None:
+        console.print(f"HPA replay: {png}")
+    return png
 
 
 def render_overview(prometheus: str, workdir: Path, duration: float) -> Path:

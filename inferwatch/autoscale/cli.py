@@ -1,6 +1,6 @@
 """Replay the HPA over Prometheus data: what would the autoscaler have done?
 
-inferwatch autoscale replay --prometheus URL --start T --end T [--hpa FILE | --keda FILE]
+inferwatch autoscale replay --prometheus URL --start=-30m [--end T] [--hpa FILE | --keda FILE]
 
 Reads the metric queries from the generated (or given) HPA and prometheus-adapter rules, or from
 a KEDA ScaledObject's triggers, fetches their values over the range at the controller's sync
@@ -146,7 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     command.add_argument("--prometheus", default="http://127.0.0.1:9090", help="%(default)s")
     command.add_argument(
-        "--start", required=True, help="unix seconds, RFC 3339, or relative: -30m, -2h"
+        "--start",
+        required=True,
+        help="unix seconds, RFC 3339, or before now: --start=-30m, --start=-2h",
     )
     command.add_argument("--end", default="now", help="as --start (default: now)")
     which = command.add_mutually_exclusive_group()

@@ -180,16 +180,20 @@ def sync_times(start: float, end: float, period: float) -> list[float]:
     return [start + i * period for i in range(max(count, 0))]
 
 
-def _by_time(results: list[dict[str, Any]]) -> tuple[dict[float, float], dict[float, int]]:
-    """Series summed per timestamp, and how many series had a value there."""
-    total: dict[float, float] = {}
-    count: dict[float, int] = {}
+def _by_sync(
+    results: list[dict[str, Any]], start: float, period: float
+) -> tuple[dict[int, float], dict[int, int]]:
+    """Series summed per sync (its index: Prometheus rounds timestamps to milliseconds), and
+    how many series had a value there."""
+    total: dict[int, float] = {}
+    count: dict[int, int] = {}
     for result in results:
         for t, v in result["values"]:
             value = float(v)
             if math.isfinite(value):
-                total[float(t)] = total.get(float(t), 0.0) + value
-                count[float(t)] = count.get(float(t), 0) + 1
+                k = round((float(t) - start) / period)
+                total[k] = total.get(k, 0.0) + value
+                count[k] = count.get(k, 0) + 1
     return total, count
 
 
@@ -227,12 +231,12 @@ def fetch(
         reqs: list[float | None] = [None] * len(times)
         counts = [0] * len(times)
         if not source.skipped:
-            total, count = _by_time(run(source.query))
-            column = [total.get(t) for t in times]
-            counts = [count.get(t, 0) for t in times]
+            total, count = _by_sync(run(source.query), start, period)
+            column = [total.get(k) for k in range(len(times))]
+            counts = [count.get(k, 0) for k in range(len(times))]
             if source.kind == "cpu":
-                req_total, _ = _by_time(run(source.requests_query))
-                reqs = [req_total.get(t) for t in times]
+                req_total, _ = _by_sync(run(source.requests_query), start, period)
+                reqs = [req_total.get(k) for k in range(len(times))]
                 if not total:
                     source.skipped = "no container_cpu_usage_seconds_total for its pods"
                 elif not req_total:
@@ -245,8 +249,8 @@ def fetch(
         f'max(kube_deployment_status_replicas{{namespace="{plan.namespace}",'
         f'deployment="{plan.deployment}"}})'
     )
-    actual_total, _ = _by_time(run(replicas_expr))
-    actual = [None if t not in actual_total else int(actual_total[t]) for t in times]
+    replicas, _ = _by_sync(run(replicas_expr), start, period)
+    actual = [None if k not in replicas else int(replicas[k]) for k in range(len(times))]
     advance()
     return Observed(times, values, requests, pods, actual)
 
