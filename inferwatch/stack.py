@@ -765,8 +765,7 @@ def replay_run(
 ) -> Path | None:
     """The generated HPA replayed over the run (inferwatch autoscale replay): its table
     printed, replay.png written."""
-    from inferwatch.autoscale.cli import replay_and_report
-    from inferwatch.autoscale.replay import hpa_plan
+    from inferwatch.autoscale.replay import hpa_plan, replay_and_report
     from inferwatch.generate import autoscaling
 
     plan = hpa_plan(autoscaling.hpa(options), autoscaling.adapter_rules())

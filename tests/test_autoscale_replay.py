@@ -527,8 +527,11 @@ async def test_replay_keda_scaled_object(tmp_path: Path, prometheus: str, promto
         plan = cli.load_plan(keda_file=keda)
         assert plan.origin == "KEDA ScaledObject" and plan.namespace == "prod"
         observed = replaying.fetch(running.url, plan, start, start + seconds - 1)
+        # Prometheus answers in milliseconds: a start with more digits still finds its syncs
+        odd = replaying.fetch(running.url, plan, start + 0.1234567, start + seconds - 1)
     queue = next(i for i, s in enumerate(plan.sources) if "queue" in s.metric.name)
     assert observed.values[queue][0] == 10.0  # the deployment's queue, one element
+    assert odd.values[queue][:3] == [10.0, 10.0, 10.0]
     result = replaying.replay(plan, observed, replicas=3)
     assert result.start_replicas == 3
     active = next(i for i, s in enumerate(plan.active) if "queue" in s.metric.name)

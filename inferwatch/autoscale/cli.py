@@ -90,52 +90,6 @@ def load_plan(
     return replaying.hpa_plan(manifest, rules, namespace)
 
 
-def replay_and_report(
-    prometheus: str,
-    plan: replaying.Plan,
-    start: float,
-    end: float,
-    out: Path | None,
-    replicas: int | None = None,
-    console: Any = None,
-    period: float = replaying.hpa.SYNC_PERIOD,
-) -> tuple[replaying.Replay, Path | None]:
-    """Fetch, replay (with a progress bar), print the table and notes, draw the PNG."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    console = console or Console()
-    steps = len(replaying.sync_times(start, end, period))
-    with Progress(
-        TextColumn("{task.description:8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        fetching = progress.add_task("fetch", total=len(plan.sources) + 1)
-        observed = replaying.fetch(
-            prometheus,
-            plan,
-            start,
-            end,
-            period,
-            advance=lambda: progress.advance(fetching),
-        )
-        task = progress.add_task("replay", total=steps)
-        result = replaying.replay(plan, observed, replicas, advance=lambda: progress.advance(task))
-    console.print(replaying.table(result))
-    for line in replaying.notes(result):
-        console.print(f"[yellow]{line}[/]")
-    png = None
-    if out is not None and result.steps:
-        try:
-            png = replaying.draw(result, out)
-        except ImportError:
-            console.print("no PNG: pip install 'inferwatch[render]' (matplotlib)")
-    return result, png
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     command = sub.add_parser(
@@ -184,7 +138,7 @@ def run(args: Any) -> int:
         if end <= start:
             raise ValueError("--end must be after --start")
         plan = load_plan(args.hpa, args.keda, args.adapter, args.namespace, args.deployment)
-        _, png = replay_and_report(
+        _, png = replaying.replay_and_report(
             args.prometheus,
             plan,
             start,

@@ -550,3 +550,49 @@ def parse_time(text: str, now: float | None = None) -> float:
     except ValueError:
         pass
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def replay_and_report(
+    prometheus: str,
+    plan: Plan,
+    start: float,
+    end: float,
+    out: Path | None,
+    replicas: int | None = None,
+    console: Any = None,
+    period: float = hpa.SYNC_PERIOD,
+) -> tuple[Replay, Path | None]:
+    """Fetch, replay (with a progress bar), print the table and notes, draw the PNG."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = console or Console()
+    steps = len(sync_times(start, end, period))
+    with Progress(
+        TextColumn("{task.description:8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        fetching = progress.add_task("fetch", total=len(plan.sources) + 1)
+        observed = fetch(
+            prometheus,
+            plan,
+            start,
+            end,
+            period,
+            advance=lambda: progress.advance(fetching),
+        )
+        task = progress.add_task("replay", total=steps)
+        result = replay(plan, observed, replicas, advance=lambda: progress.advance(task))
+    console.print(table(result))
+    for line in notes(result):
+        console.print(f"[yellow]{line}[/]")
+    png = None
+    if out is not None and result.steps:
+        try:
+            png = draw(result, out)
+        except ImportError:
+            console.print("no PNG: pip install 'inferwatch[render]' (matplotlib)")
+    return result, png
