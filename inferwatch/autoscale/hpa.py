@@ -532,12 +532,13 @@ class Controller:
         spec = self.spec
         behavior = spec.behavior
         if behavior is None:
-            # stabilizeRecommendation: the highest recommendation of the last 5 minutes
+            # stabilizeRecommendation: the highest recommendation of the last 5 minutes (one
+            # exactly 5 minutes old still counts there: it is not Before(cutoff))
             cutoff = now - DOWNSCALE_STABILIZATION
             stabilized = max(
-                [desired] + [r.replicas for r in self.recommendations if r.at > cutoff]
+                [desired] + [r.replicas for r in self.recommendations if r.at >= cutoff]
             )
-            self._record(now, desired, DOWNSCALE_STABILIZATION)
+            self._record(now, desired, DOWNSCALE_STABILIZATION + 1)
             replicas, reason = legacy_limited(
                 current, stabilized, spec.min_replicas, spec.max_replicas
             )
