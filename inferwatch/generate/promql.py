@@ -254,6 +254,10 @@ def gpu_collector_errors(errors_selector: str, gpus_selector: str, window: str) 
 
 POD_QUEUE_LENGTH = f"namespace_pod:{schema.QUEUE_LENGTH.name}:sum"
 POD_P95_SECONDS = f"namespace_pod:{schema.INFERENCE_DURATION.name}:p95_rate1m"
+# The sidecar's latency buckets per pod (models summed): the p95 rule and KEDA's deployment p95
+# read this record, so neither rates the raw histogram (pods x models x 33 series) again; at
+# 10,000 pods the raw deployment p95 took seconds (benchmarks/bench_autoscaling_scale.py).
+POD_LATENCY_BUCKETS = f"namespace_pod_le:{schema.INFERENCE_DURATION.bucket}:rate1m"
 
 
 def pod_queue_length_expr() -> str:
@@ -262,11 +266,15 @@ def pod_queue_length_expr() -> str:
     return gauge_sum(schema.QUEUE_LENGTH, "", POD_LABELS)
 
 
-def pod_p95_expr(window: str = "1m") -> str:
+def pod_latency_buckets_expr(window: str = "1m") -> str:
     # The sidecar measures at the pod boundary (queueing included): that is what callers feel.
-    return quantile(
-        95, schema.INFERENCE_DURATION, selector(source=schema.SOURCE_SIDECAR), POD_LABELS, window
-    )
+    sidecar = selector(source=schema.SOURCE_SIDECAR)
+    return sum_by([*POD_LABELS, "le"], rate(schema.INFERENCE_DURATION.bucket, sidecar, window))
+
+
+def pod_p95_expr() -> str:
+    """Per pod, from the recorded buckets (evaluated after them in the same group)."""
+    return f"histogram_quantile(0.95, {POD_LATENCY_BUCKETS})"
 
 
 def pod_queue_length(selector: str) -> str:
@@ -319,13 +327,8 @@ def deployment_kv_cache_usage(pods: Sequence[str]) -> str:
 
 def deployment_p95_ms(pods: Sequence[str]) -> str:
     """KEDA: the deployment's p95 (ms) as the sidecars measure it; one element, 0 idle."""
-    p95 = quantile(
-        95,
-        schema.INFERENCE_DURATION,
-        selector(eq("source", schema.SOURCE_SIDECAR), *pods),
-        (),
-        "1m",
-    )
+    buckets = sum_by(["le"], instant(POD_LATENCY_BUCKETS, selector(*pods)))
+    p95 = f"histogram_quantile(0.95, {buckets})"
     return f"{ms_without_idle(p95)} or vector(0)"
 
 

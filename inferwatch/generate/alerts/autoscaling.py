@@ -15,7 +15,8 @@ def recording_rules(options: GenerateOptions) -> dict[str, Any]:
         "name": "inferwatch.autoscaling",
         "rules": [
             {"record": promql.POD_QUEUE_LENGTH, "expr": promql.pod_queue_length_expr()},
-            {"record": promql.POD_P95_SECONDS, "expr": promql.pod_p95_expr("1m")},
+            {"record": promql.POD_LATENCY_BUCKETS, "expr": promql.pod_latency_buckets_expr("1m")},
+            {"record": promql.POD_P95_SECONDS, "expr": promql.pod_p95_expr()},
         ],
     }
 
