@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install
 from support.http import serving
 from support.polling import poll
@@ -60,8 +60,15 @@ KSM_METRICS = (
 
 
 def model_server() -> web.Application:
-    """A model server instrumented with the decorators (source="app"), serving its /metrics."""
+    """A model server instrumented with the decorators (source="app"), serving its /metrics,
+    which also carry an LLM engine's state under vLLM's names (read as source="server")."""
     registry = CollectorRegistry()
+    for name, value in (
+        ("vllm:num_requests_waiting", 0.0),
+        ("vllm:num_requests_running", 1.0),
+        ("vllm:kv_cache_usage_perc", 0.4),
+    ):
+        Gauge(name, name, ["model_name"], registry=registry).labels("llama").set(value)
 
     @monitor_inference(model_name="resnet", model_version="1", registry=registry)
     async def classify(images: list[list[float]], fail: bool) -> list[int]:
