@@ -10,10 +10,8 @@ compare what came back through the sidecar with what the model says, without skl
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,10 +23,8 @@ from typing import Any
 import pytest
 
 from support.ports import LOOPBACK, free_port
+from support.venvs import isolated_venv, run
 
-REPO = Path(__file__).resolve().parents[2]
-VENV = REPO / ".venv-mlserver"
-STAMP = VENV / ".installed"
 PACKAGES = (
     "mlserver==1.7.1",
     "mlserver-sklearn==1.7.1",
@@ -38,7 +34,6 @@ PACKAGES = (
 MODEL = "tiny-logreg"  # served with a version
 MODEL_VERSION = "v1"
 UNVERSIONED = "tiny-logreg-unversioned"  # the same model, served without one
-INSTALL_TIMEOUT = 900.0
 START_TIMEOUT = 90.0
 
 # Runs in MLServer's virtualenv: argv[1] the models' folder, argv[2] a JSON list of rows to
@@ -74,35 +69,9 @@ print(json.dumps(model.predict(np.asarray(rows, dtype=np.float64)).tolist()))
 """
 
 
-def _run(command: list[str], what: str, timeout: float) -> str:
-    """Run ``command``; fails the test with its whole output when it does not exit 0."""
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        pytest.fail(
-            f"{what} failed (exit {done.returncode}): {' '.join(command)}\n"
-            f"--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
-        )
-    return done.stdout
-
-
 def mlserver_venv() -> Path:
-    """The python of ``.venv-mlserver``, made (``pip install PACKAGES``) unless its stamp
-    already names PACKAGES. Fails the test, with pip's output, when it cannot be made: a
-    skipped check would pass unnoticed."""
-    wanted = "\n".join(PACKAGES) + "\n"
-    python = VENV / "bin" / "python"
-    with open(REPO / ".venv-mlserver.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two pytest processes: one installs, one waits
-        if python.exists() and STAMP.exists() and STAMP.read_text() == wanted:
-            return python
-        started = time.monotonic()
-        STAMP.unlink(missing_ok=True)
-        _run([sys.executable, "-m", "venv", "--clear", str(VENV)], "making the venv", 120)
-        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        _run([*pip, *PACKAGES], "pip install " + " ".join(PACKAGES), INSTALL_TIMEOUT)
-        STAMP.write_text(wanted)
-        print(f"made {VENV} in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    return python
+    """The python of MLServer's own virtualenv (made once per machine)."""
+    return isolated_venv(".venv-mlserver", PACKAGES)
 
 
 @dataclass
@@ -173,7 +142,7 @@ def running_mlserver(folder: Path, rows: list[list[float]]) -> Iterator[MLServer
     without); yielded ready, stopped at the end."""
     python = mlserver_venv()
     models = {MODEL: MODEL_VERSION, UNVERSIONED: ""}
-    predicted = _run(
+    predicted = run(
         [str(python), "-c", TRAIN, str(folder), json.dumps(rows), json.dumps(models)],
         "training the model",
         120,
@@ -190,7 +159,7 @@ def running_mlserver(folder: Path, rows: list[list[float]]) -> Iterator[MLServer
     log = folder / "mlserver.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [str(VENV / "bin" / "mlserver"), "start", str(folder)],
+            [str(python.parent / "mlserver"), "start", str(folder)],
             cwd=folder,
             stdout=output,
             stderr=subprocess.STDOUT,

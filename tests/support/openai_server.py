@@ -20,11 +20,9 @@ the end-of-sequence one is one content chunk.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,10 +33,8 @@ from pathlib import Path
 import pytest
 
 from support.ports import LOOPBACK, free_port
+from support.venvs import isolated_venv, run
 
-REPO = Path(__file__).resolve().parents[2]
-VENV = REPO / ".venv-openai-server"
-STAMP = VENV / ".installed"
 # torch first: pinned to the CPU wheel, so nothing asks for a (multi-GB) CUDA build. The
 # rest pins what transformers[serving] 5.23.0 resolved to on 2026-12-01.
 PACKAGES = (
@@ -56,7 +52,6 @@ PACKAGES = (
     "numpy==2.4.6",
 )
 MODEL = "tiny-llama"
-INSTALL_TIMEOUT = 900.0
 START_TIMEOUT = 120.0
 
 # Runs in the server's virtualenv: argv[1] the folder to save the model in. Prints the
@@ -114,37 +109,9 @@ print(json.dumps(vocab))
 """
 
 
-def _run(command: list[str], what: str, timeout: float, env: dict[str, str] | None = None) -> str:
-    """Run ``command``; fails the test with its whole output when it does not exit 0."""
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, check=False, env=env
-    )
-    if done.returncode != 0:
-        pytest.fail(
-            f"{what} failed (exit {done.returncode}): {' '.join(command)}\n"
-            f"--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
-        )
-    return done.stdout
-
-
 def server_venv() -> Path:
-    """The python of ``.venv-openai-server``, made (``pip install PACKAGES``) unless its stamp
-    already names PACKAGES. Fails the test, with pip's output, when it cannot be made: a
-    skipped check would pass unnoticed."""
-    wanted = "\n".join(PACKAGES) + "\n"
-    python = VENV / "bin" / "python"
-    with open(REPO / ".venv-openai-server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two pytest processes: one installs, one waits
-        if python.exists() and STAMP.exists() and STAMP.read_text() == wanted:
-            return python
-        started = time.monotonic()
-        STAMP.unlink(missing_ok=True)
-        _run([sys.executable, "-m", "venv", "--clear", str(VENV)], "making the venv", 120)
-        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        _run([*pip, *PACKAGES], "pip install " + " ".join(PACKAGES), INSTALL_TIMEOUT)
-        STAMP.write_text(wanted)
-        print(f"made {VENV} in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    return python
+    """The python of transformers serve's own virtualenv (made once per machine)."""
+    return isolated_venv(".venv-openai-server", PACKAGES)
 
 
 def _offline_env(folder: Path) -> dict[str, str]:
@@ -218,11 +185,11 @@ def running_openai_server(folder: Path) -> Iterator[OpenAIServer]:
     python = server_venv()
     env = _offline_env(folder)
     vocab = json.loads(
-        _run([str(python), "-c", MAKE_MODEL, str(folder / MODEL)], "making the model", 120, env)
+        run([str(python), "-c", MAKE_MODEL, str(folder / MODEL)], "making the model", 120, env)
     )
     port = free_port()
     command = [
-        str(VENV / "bin" / "transformers"),
+        str(python.parent / "transformers"),
         "serve",
         *("--host", LOOPBACK, "--port", str(port), "--device", "cpu", "--dtype", "float32"),
         *("--log-level", "warning"),
