@@ -191,60 +191,44 @@ def _examples(input_message: memoryview) -> int | None:
     return None
 
 
-def _parse_tf_predict(message: bytes) -> RequestFields:
-    name = version = batch = None
-    seen_spec = seen_input = False
+def _spec_and_input(message: bytes) -> tuple[memoryview | None, memoryview | None]:
+    """The first length-delimited fields 1 and 2 of a TF Serving request (its model spec, or
+    MultiInference's first task, and its inputs); the scan stops once both are found."""
+    first: memoryview | None = None
+    second: memoryview | None = None
     for number, _, value in iter_fields(message):
         if not isinstance(value, memoryview):
             continue
-        if number == 1 and not seen_spec:
-            seen_spec = True
-            name, version = _model_spec(value)
-        elif number == 2 and not seen_input:
-            seen_input = True
-            tensor = _first_field(value, 2)
-            batch = None if tensor is None else _tensor_batch(tensor)
-        if seen_spec and seen_input:
+        if number == 1 and first is None:
+            first = value
+        elif number == 2 and second is None:
+            second = value
+        if first is not None and second is not None:
             break
-    return RequestFields(name, version, batch)
+    return first, second
+
+
+def _spec_fields(spec: memoryview | None) -> tuple[str | None, str | None]:
+    return (None, None) if spec is None else _model_spec(spec)
+
+
+def _parse_tf_predict(message: bytes) -> RequestFields:
+    spec, inputs = _spec_and_input(message)
+    tensor = None if inputs is None else _first_field(inputs, 2)
+    return RequestFields(*_spec_fields(spec), None if tensor is None else _tensor_batch(tensor))
 
 
 def _parse_tf_examples(message: bytes) -> RequestFields:
     """Classify and Regress: model_spec 1, input 2."""
-    name = version = batch = None
-    seen_spec = seen_input = False
-    for number, _, value in iter_fields(message):
-        if not isinstance(value, memoryview):
-            continue
-        if number == 1 and not seen_spec:
-            seen_spec = True
-            name, version = _model_spec(value)
-        elif number == 2 and not seen_input:
-            seen_input = True
-            batch = _examples(value)
-        if seen_spec and seen_input:
-            break
-    return RequestFields(name, version, batch)
+    spec, inputs = _spec_and_input(message)
+    return RequestFields(*_spec_fields(spec), None if inputs is None else _examples(inputs))
 
 
 def _parse_tf_multi_inference(message: bytes) -> RequestFields:
     """MultiInference: the model of the first task, the examples of the shared input."""
-    name = version = batch = None
-    seen_task = seen_input = False
-    for number, _, value in iter_fields(message):
-        if not isinstance(value, memoryview):
-            continue
-        if number == 1 and not seen_task:
-            seen_task = True
-            spec = _first_field(value, 1)
-            if spec is not None:
-                name, version = _model_spec(spec)
-        elif number == 2 and not seen_input:
-            seen_input = True
-            batch = _examples(value)
-        if seen_task and seen_input:
-            break
-    return RequestFields(name, version, batch)
+    task, inputs = _spec_and_input(message)
+    spec = None if task is None else _first_field(task, 1)
+    return RequestFields(*_spec_fields(spec), None if inputs is None else _examples(inputs))
 
 
 # --- TorchServe ----------------------------------------------------------------------------
