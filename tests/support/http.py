@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -54,3 +56,13 @@ async def wait_for_http(
             return await status_of(session, url) == 200
 
         await poll(answers, f"{url} to answer 200", timeout=timeout, interval=0.05)
+
+
+def answers_200(url: str) -> bool:
+    """Whether ``url`` answers 200 now (a blocking check, for polling a server process that a
+    test started by hand)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -13,8 +13,6 @@ import contextlib
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from support.http import answers_200
 from support.ports import LOOPBACK, free_port
 from support.venvs import isolated_venv, run
 
@@ -100,14 +99,6 @@ class MLServer:
         return self.log.read_text(errors="replace")[-8000:]
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _grpc_ready(target: str) -> bool:
     import tritonclient.grpc as triton
     from tritonclient.utils import InferenceServerException
@@ -128,7 +119,7 @@ def _wait_ready(server: MLServer) -> None:
         code = server.process.poll()
         if code is not None:
             pytest.fail(f"mlserver exited with {code} before it was ready:\n{server.output()}")
-        if _answers(ready_url) and _grpc_ready(server.grpc_target):
+        if answers_200(ready_url) and _grpc_ready(server.grpc_target):
             return
         if time.monotonic() > deadline:
             pytest.fail(f"mlserver not ready after {START_TIMEOUT} s:\n{server.output()}")

@@ -24,14 +24,13 @@ import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from support.http import answers_200
 from support.ports import LOOPBACK, free_port
 from support.venvs import isolated_venv, run
 
@@ -153,14 +152,6 @@ class OpenAIServer:
         return self.log.read_text(errors="replace")[-8000:]
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _wait_ready(server: OpenAIServer) -> None:
     """Poll /health until it answers 200 (the forced model is loaded before uvicorn starts);
     fails at once, with the server's output, if it exits first."""
@@ -171,7 +162,7 @@ def _wait_ready(server: OpenAIServer) -> None:
             pytest.fail(
                 f"transformers serve exited with {code} before it was ready:\n{server.output()}"
             )
-        if _healthy(server.url + "/health"):
+        if answers_200(server.url + "/health"):
             return
         if time.monotonic() > deadline:
             pytest.fail(f"transformers serve not ready after {START_TIMEOUT} s:\n{server.output()}")
