@@ -407,9 +407,16 @@ def summary_table(phase: Phase, summary: Summary, stats: ClientStats, source: st
 class _ConsoleLogHandler(logging.Handler):
     """Writes log records through a rich console, so that a live view redraws below them."""
 
-    def __init__(self, console: Any, formatter: logging.Formatter | None, level: int) -> None:
+    def __init__(
+        self,
+        console: Any,
+        formatter: logging.Formatter | None,
+        level: int,
+        writing: threading.Lock,
+    ) -> None:
         super().__init__(level)
         self.console = console
+        self.writing = writing
         if formatter is not None:
             self.setFormatter(formatter)
 
@@ -417,14 +424,17 @@ class _ConsoleLogHandler(logging.Handler):
         try:
             from rich.text import Text
 
-            self.console.print(Text(self.format(record)))
+            line = Text(self.format(record))
+            with self.writing:
+                self.console.print(line)
         except Exception:
             self.handleError(record)
 
 
 @contextlib.contextmanager
-def logs_through(console: Any) -> Iterator[None]:
-    """While in the block, the root logger's terminal handlers write through ``console``.
+def logs_through(console: Any, writing: threading.Lock) -> Iterator[None]:
+    """While in the block, the root logger's terminal handlers write through ``console``,
+    each line while holding ``writing``.
 
     A rich ``Live`` redraws its view by moving the cursor up as many lines as it last drew.
     logging's StreamHandler holds the real stderr (taken when logging was configured, so
@@ -432,6 +442,10 @@ def logs_through(console: Any) -> Iterator[None]:
     view: each redraw then started too low and left the view's top lines (progress, phase,
     table header) behind, a partial copy per log line. Through the console, Live prints the
     lines above the view and redraws it below them.
+
+    Every write to the terminal holds ``writing``: rich works out how far up to move the
+    cursor before it takes the console's lock to write, so a log line from another thread
+    written between a redraw's reckoning and its write left a stale copy of the view's top.
     """
     root = logging.getLogger()
     terminals = {sys.__stderr__, sys.__stdout__, sys.stderr, sys.stdout}
@@ -440,7 +454,7 @@ def logs_through(console: Any) -> Iterator[None]:
         for h in root.handlers
         if type(h) is logging.StreamHandler and getattr(h, "stream", None) in terminals
     ]
-    replacements = [_ConsoleLogHandler(console, h.formatter, h.level) for h in swapped]
+    replacements = [_ConsoleLogHandler(console, h.formatter, h.level, writing) for h in swapped]
     for old, new in zip(swapped, replacements, strict=True):
         root.removeHandler(old)
         root.addHandler(new)
@@ -454,9 +468,12 @@ def logs_through(console: Any) -> Iterator[None]:
 
 class LiveView:
     """The demo's live terminal view: a progress bar and the summary table, redrawn in place
-    with the log lines printed above it. ``with LiveView(console, total) as view: ...``."""
+    with the log lines printed above it. ``with LiveView(console, total) as view: ...``.
 
-    def __init__(self, console: Any, total: float, refresh_per_second: float = 2) -> None:
+    Redrawn by ``show`` only, not by rich's refresh thread, so that each redraw and each log
+    line are written whole, one after the other, under one lock."""
+
+    def __init__(self, console: Any, total: float) -> None:
         from rich.live import Live
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -467,20 +484,21 @@ class LiveView:
         self.task = self.progress.add_task("load", total=total)
         # Cropped, never taller than the terminal: Live cannot move the cursor above the
         # screen's top to redraw a taller view.
-        self.live = Live(
-            console=console, refresh_per_second=refresh_per_second, vertical_overflow="crop"
-        )
+        self.live = Live(console=console, auto_refresh=False, vertical_overflow="crop")
+        self.writing = threading.Lock()
         self._logs: contextlib.ExitStack | None = None
 
     def __enter__(self) -> LiveView:
         self._logs = contextlib.ExitStack()
-        self._logs.enter_context(logs_through(self.console))
-        self.live.__enter__()
+        self._logs.enter_context(logs_through(self.console, self.writing))
+        with self.writing:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            self.live.__exit__(*exc)
+            with self.writing:
+                self.live.__exit__(*exc)
         finally:
             if self._logs is not None:
                 self._logs.close()
@@ -499,7 +517,9 @@ class LiveView:
         from rich.console import Group
 
         self.progress.update(self.task, completed=completed)
-        self.live.update(Group(self.progress, summary_table(phase, summary, stats, source)))
+        view = Group(self.progress, summary_table(phase, summary, stats, source))
+        with self.writing:
+            self.live.update(view, refresh=True)
 
 
 async def hang(proc: subprocess.Popen[bytes], seconds: float) -> None:

@@ -181,7 +181,7 @@ console = Console()
 console.print("inferwatch demo is running:\n  sidecar (proxy)  http://127.0.0.1:8080\n")
 frames = int(sys.argv[1])
 stats = stack.ClientStats()
-with stack.LiveView(console, total=frames, refresh_per_second=20) as view:
+with stack.LiveView(console, total=frames) as view:
     for i in range(frames):
         phase = stack.PHASES[i * len(stack.PHASES) // frames]
         view.phase(phase)
