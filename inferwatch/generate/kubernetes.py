@@ -7,6 +7,8 @@ Layout under ``deploy/kubernetes/``::
     hpa/                  base + the HorizontalPodAutoscaler on the two pods metrics
     keda/                 base + a KEDA ScaledObject (it makes its own HPA: never both)
     prometheus-adapter/   the adapter's rules (namespace monitoring), serving the HPA's metrics
+    argo-rollouts/        an AnalysisTemplate checking a canary model version (canary.py)
+    flagger/              MetricTemplates for the same checks, and an example Canary
 
 The pod follows Knative's sequence on shutdown: every container gets its preStop hook at once;
 the sidecar has none, so it takes SIGTERM at once, fails readiness, serves through its quiet
@@ -20,7 +22,7 @@ import json
 from typing import Any
 
 from inferwatch._version import __version__
-from inferwatch.generate import autoscaling, dashboards, rules, yaml_text
+from inferwatch.generate import autoscaling, canary, dashboards, rules, yaml_text
 from inferwatch.generate import options as pod_ports
 from inferwatch.generate.options import GenerateOptions
 
@@ -29,6 +31,8 @@ BASE = f"{ROOT}/base"
 HPA = f"{ROOT}/hpa"
 KEDA = f"{ROOT}/keda"
 ADAPTER = f"{ROOT}/prometheus-adapter"
+ARGO_ROLLOUTS = f"{ROOT}/argo-rollouts"
+FLAGGER = f"{ROOT}/flagger"
 KUSTOMIZATION = "kustomization.yaml"
 
 SERVER_IMAGE = "inferwatch/server"
@@ -450,4 +454,18 @@ def manifests(options: GenerateOptions) -> dict[str, str]:
         f"{ADAPTER}/prometheus-adapter-config.yaml": yaml_text.generated(
             autoscaling.adapter_config_map(options)
         ),
+        # Canary analysis of a model version: standalone, next to base/, hpa/ or keda/.
+        f"{ARGO_ROLLOUTS}/{KUSTOMIZATION}": yaml_text.generated(
+            kustomization([canary.ANALYSIS_TEMPLATE_FILE], namespace=options.namespace)
+        ),
+        f"{ARGO_ROLLOUTS}/{canary.ANALYSIS_TEMPLATE_FILE}": yaml_text.generated(
+            canary.analysis_template(options)
+        ),
+        f"{FLAGGER}/{KUSTOMIZATION}": yaml_text.generated(
+            kustomization(
+                [canary.METRIC_TEMPLATES_FILE, canary.CANARY_FILE], namespace=options.namespace
+            )
+        ),
+        f"{FLAGGER}/{canary.METRIC_TEMPLATES_FILE}": _documents(*canary.metric_templates(options)),
+        f"{FLAGGER}/{canary.CANARY_FILE}": yaml_text.generated(canary.flagger_canary(options)),
     }

@@ -79,6 +79,25 @@ class GenerateOptions:
     gpu_temperature_alert_celsius: int = 85
     # Shrinks every burn-rate window and `for` duration; 1.0 in production, small in tests.
     window_scale: float = 1.0
+    # Canary analysis of a model version (Argo Rollouts AnalysisTemplate, Flagger MetricTemplates
+    # and Canary): every canary_interval_seconds the canary version's server-side error ratio and
+    # p95 latency, as the sidecars measure them, are checked against absolute limits and against
+    # the stable version's: at most canary_max_error_ratio and at most canary_max_error_increase
+    # above the stable version's (0.01: one percentage point); a p95 of at most
+    # canary_max_p95_seconds and at most canary_max_p95_ratio times the stable version's.
+    # canary_count measurements (Argo); more than canary_failure_limit failed ones fail the
+    # analysis (Argo's failureLimit; Flagger's threshold is one more: it rolls back at that many).
+    canary_interval_seconds: int = 60
+    canary_count: int = 5
+    canary_failure_limit: int = 1
+    canary_max_error_ratio: float = 0.01
+    canary_max_error_increase: float = 0.01
+    canary_max_p95_seconds: float = 0.5
+    canary_max_p95_ratio: float = 1.2
+    # The Flagger Canary example's model and versions (its metrics' templateVariables).
+    canary_model: str = "image-classifier"
+    canary_version: str = "2"
+    stable_version: str = "1"
     # Where things are.
     datasource_uid: str = "prometheus"
     traces_datasource_uid: str = "traces"  # where latency exemplars link (Tempo, Jaeger)
@@ -127,6 +146,7 @@ class GenerateOptions:
                 f"min_replicas={self.min_replicas}, max_replicas={self.max_replicas}"
             )
         problems += self._autoscaling_problems()
+        problems += self._canary_problems()
         if not 0 <= self.grpc_port <= 65535:
             problems.append(f"grpc_port must be 0 (off) or a port 1-65535, got {self.grpc_port}")
         elif self.grpc_port in POD_PORTS:
@@ -171,6 +191,40 @@ class GenerateOptions:
             value = getattr(self, name)
             if value <= 0:
                 problems.append(f"{name} must be positive, got {value}")
+        return problems
+
+    def _canary_problems(self) -> list[str]:
+        problems = []
+        # Flagger's metric interval must match ^[0-9]+(m|s): whole seconds.
+        if self.canary_interval_seconds <= 0:
+            problems.append(
+                f"canary_interval_seconds must be positive, got {self.canary_interval_seconds}"
+            )
+        if self.canary_count < 1:
+            problems.append(f"canary_count must be at least 1, got {self.canary_count}")
+        if not 0 <= self.canary_failure_limit < self.canary_count:
+            problems.append(
+                "canary_failure_limit must be 0 or more and less than canary_count, got "
+                f"{self.canary_failure_limit} (canary_count={self.canary_count})"
+            )
+        for name in ("canary_max_error_ratio", "canary_max_error_increase"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                problems.append(f"{name} must be a fraction in [0, 1), got {value}")
+        if self.canary_max_p95_seconds <= 0:
+            problems.append(
+                f"canary_max_p95_seconds must be positive, got {self.canary_max_p95_seconds}"
+            )
+        if self.canary_max_p95_ratio < 1:
+            problems.append(
+                "canary_max_p95_ratio must be at least 1 (the canary may be as slow as the "
+                f"stable version), got {self.canary_max_p95_ratio}"
+            )
+        for name in ("canary_model", "canary_version", "stable_version"):
+            if not getattr(self, name):
+                problems.append(f"{name} must not be empty")
+        if self.canary_version == self.stable_version:
+            problems.append("canary_version and stable_version must differ")
         return problems
 
     @classmethod

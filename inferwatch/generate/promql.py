@@ -205,6 +205,54 @@ def demo_summary(window: str) -> dict[str, str]:
     }
 
 
+# --- model versions: side by side, and canary analysis ---------------------------------------
+
+# Per model version, as the dashboards compare them (each layer apart, as everywhere else).
+VERSION_LABELS = ("source", "model_name", "model_version")
+
+
+def workload_pods(workload: str) -> str:
+    """The pods of a Deployment or an Argo Rollout named ``workload`` (a name, or a template
+    variable that becomes one), and of Flagger's copy of it, ``<workload>-primary``: their pods
+    are named ``<workload>[-primary]-<pod-template-hash>-<suffix>``."""
+    return matches("pod", f"{workload}(-primary)?-[a-z0-9]+-[a-z0-9]+")
+
+
+def model_version(namespace: str, workload: str, model: str, version: str) -> str:
+    """One version of one model, as the sidecars in ``workload``'s pods measured it; whichever
+    pods serve it (a canary ReplicaSet of its own, or the same pods as the stable version)."""
+    return selector(
+        workload_pods(workload),
+        source=schema.SOURCE_SIDECAR,
+        namespace=namespace,
+        model_name=model,
+        model_version=version,
+    )
+
+
+def version_error_ratio(version: str, window: str) -> str:
+    """One version's server-side failures per inference over ``window``: one element, 0 with
+    no failures, NaN with no inference (0/0), nothing when the version has no series at all."""
+    failures = total(rate(schema.INFERENCE_FAILURES.name, _with(version, SERVER_SIDE), window))
+    requests = total(rate(schema.INFERENCE_TOTAL.name, version, window))
+    return f"({failures} or vector(0))\n/\n{requests}"
+
+
+def version_p95(version: str, window: str) -> str:
+    """One version's p95 latency in seconds over ``window``: one element (NaN with no traffic)."""
+    return quantile(95, schema.INFERENCE_DURATION, version, (), window)
+
+
+def error_ratio_increase(canary: str, stable: str, window: str) -> str:
+    """How much higher the canary's error ratio is than the stable version's (a fraction)."""
+    return f"({version_error_ratio(canary, window)})\n-\n({version_error_ratio(stable, window)})"
+
+
+def p95_ratio(canary: str, stable: str, window: str) -> str:
+    """The canary's p95 latency as a multiple of the stable version's."""
+    return f"{version_p95(canary, window)}\n/\n{version_p95(stable, window)}"
+
+
 # --- the sidecar ----------------------------------------------------------------------------
 
 

@@ -29,6 +29,8 @@ NAMESPACE = promql.grafana_selector(namespace="$namespace")
 PER_SOURCE = ("source",)
 PER_MODEL = ("source", "model_name")
 MODEL_LEGEND = "{{model_name}} ({{source}})"
+PER_VERSION = promql.VERSION_LABELS
+VERSION_LEGEND = "{{model_name}} {{model_version}} ({{source}})"
 
 
 def overview(options: GenerateOptions) -> dict[str, Any]:
@@ -71,6 +73,18 @@ def overview(options: GenerateOptions) -> dict[str, Any]:
                         (error_ratio_per_model(options), 8),
                         (failures_by_reason(), 8),
                     )
+                ],
+            ),
+            (
+                "Versions",
+                [
+                    line(
+                        8, (request_rate_per_version(), 12), (error_ratio_per_version(options), 12)
+                    ),
+                    line(
+                        8,
+                        *((latency_per_version(q, options), 8) for q in promql.QUANTILES),
+                    ),
                 ],
             ),
             (
@@ -233,6 +247,52 @@ def failures_by_reason() -> core.TimeSeries:
             )
         ],
         stacked=True,
+    )
+
+
+# --- Versions: one model's versions side by side (a canary against the stable version) -----
+
+VERSIONS_HELP = (
+    " Select one model to compare its versions (a canary against the stable version: the "
+    "checks in deploy/kubernetes/argo-rollouts/ and flagger/ read the same series)."
+)
+
+
+def request_rate_per_version() -> core.TimeSeries:
+    return timeseries(
+        "Request rate per version",
+        "Inferences completed per second, per model version (model_version: the version the "
+        "request named; empty when it named none)." + VERSIONS_HELP,
+        "reqps",
+        [Query(promql.requests_per_second(models(), PER_VERSION, RATE), VERSION_LEGEND)],
+    )
+
+
+def error_ratio_per_version(options: GenerateOptions) -> core.TimeSeries:
+    return timeseries(
+        "Error ratio per version",
+        "Server-side failures per inference, per model version. The dashed line is the error "
+        "budget." + VERSIONS_HELP,
+        "percentunit",
+        [Query(server_side_error_ratio(PER_VERSION), VERSION_LEGEND)],
+        thresholds=red_above(error_budget(options)),
+    )
+
+
+def latency_per_version(q: int, options: GenerateOptions) -> core.TimeSeries:
+    return timeseries(
+        f"p{q} latency per version",
+        f"The p{q} latency of each model version. Dashed: the p95 autoscaling target."
+        + VERSIONS_HELP,
+        "s",
+        [
+            Query(
+                promql.quantile(q, schema.INFERENCE_DURATION, models(), PER_VERSION, RATE),
+                VERSION_LEGEND,
+            )
+        ],
+        exemplar=True,
+        thresholds=red_above(p95_target_seconds(options)),
     )
 
 
