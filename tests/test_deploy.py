@@ -38,7 +38,15 @@ from inferwatch.sidecar import config as sidecar_config
 from inferwatch.sidecar.process import Sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
-CRD_KINDS = {"PodMonitor", "PrometheusRule", "ScaledObject"}
+CRD_KINDS = {
+    "PodMonitor",
+    "PrometheusRule",
+    "ScaledObject",
+    "AnalysisTemplate",
+    "MetricTemplate",
+    "Canary",
+}
+CANARY_CHECKS = ("error-ratio", "error-ratio-increase", "p95-latency", "p95-latency-ratio")
 BASE_IDS = {
     ("Deployment", "model-server"),
     ("Service", "model-server"),
@@ -193,7 +201,14 @@ def test_every_kustomization_renders_the_expected_resources(tree: Path) -> None:
     assert [(d["kind"], d["metadata"]["namespace"]) for d in adapter] == [
         ("ConfigMap", "monitoring")
     ]
-    for name in ("base", "hpa", "keda"):
+    assert ids(kustomize(overlay(tree, "argo-rollouts"))) == {
+        ("AnalysisTemplate", "inferwatch-model-version")
+    }
+    assert ids(kustomize(overlay(tree, "flagger"))) == {
+        ("Canary", "model-server"),
+        *(("MetricTemplate", f"inferwatch-{name}") for name in CANARY_CHECKS),
+    }
+    for name in ("base", "hpa", "keda", "argo-rollouts", "flagger"):
         assert {d["metadata"]["namespace"] for d in kustomize(overlay(tree, name))} == {"default"}
 
 
@@ -209,7 +224,7 @@ def test_every_file_under_deploy_kubernetes_is_referenced(tree: Path) -> None:
             else:
                 referenced.add(target)
     assert set(root.rglob("*.yaml")) == referenced
-    assert len(referenced) == 12
+    assert len(referenced) == 17
 
 
 def test_the_renderer_refuses_what_kustomize_refuses(tmp_path: Path) -> None:
@@ -233,7 +248,9 @@ def test_the_renderer_refuses_what_kustomize_refuses(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("name", ["base", "hpa", "keda", "prometheus-adapter"])
+@pytest.mark.parametrize(
+    "name", ["base", "hpa", "keda", "prometheus-adapter", "argo-rollouts", "flagger"]
+)
 def test_kubectl_kustomize_renders_the_same(tree: Path, name: str) -> None:
     out = subprocess.run(
         ["kubectl", "kustomize", str(overlay(tree, name))],
@@ -249,7 +266,7 @@ def test_kubectl_kustomize_renders_the_same(tree: Path, name: str) -> None:
     assert theirs == ours
 
 
-@pytest.mark.parametrize("name", ["hpa", "keda", "prometheus-adapter"])
+@pytest.mark.parametrize("name", ["hpa", "keda", "prometheus-adapter", "argo-rollouts", "flagger"])
 def test_manifests_validate_against_the_kubernetes_schemas(tree: Path, name: str) -> None:
     docs = kustomize(overlay(tree, name))
     builtin = [d for d in docs if d["kind"] not in CRD_KINDS]
@@ -525,6 +542,19 @@ def test_other_names_and_namespaces_reach_every_resource(tmp_path: Path) -> None
     assert one(kustomize(overlay(root, "hpa")), "HorizontalPodAutoscaler")["spec"][
         "scaleTargetRef"
     ]["name"] == ("bert")
+    # The canary checks: Argo's arguments default to the workload, Flagger's Canary targets it.
+    for name in ("argo-rollouts", "flagger"):
+        assert {d["metadata"]["namespace"] for d in kustomize(overlay(root, name))} == {"serving"}
+    args = one(kustomize(overlay(root, "argo-rollouts")), "AnalysisTemplate")["spec"]["args"]
+    assert args[:2] == [
+        {"name": "namespace", "value": "serving"},
+        {"name": "workload", "value": "bert"},
+    ]
+    assert one(kustomize(overlay(root, "flagger")), "Canary")["spec"]["targetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "bert",
+    }
 
 
 # --- compose ------------------------------------------------------------------------------------
@@ -971,12 +1001,17 @@ def test_layout() -> None:
     assert sorted(kubernetes.manifests(options)) == [
         f"deploy/kubernetes/{name}"
         for name in (
+            "argo-rollouts/analysis-template.yaml",
+            "argo-rollouts/kustomization.yaml",
             "base/dashboards.yaml",
             "base/deployment.yaml",
             "base/kustomization.yaml",
             "base/podmonitor.yaml",
             "base/prometheusrule.yaml",
             "base/service.yaml",
+            "flagger/canary.yaml",
+            "flagger/kustomization.yaml",
+            "flagger/metric-templates.yaml",
             "hpa/hpa.yaml",
             "hpa/kustomization.yaml",
             "keda/keda-scaledobject.yaml",
