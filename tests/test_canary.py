@@ -325,3 +325,42 @@ def test_every_canary_query_parses_once_its_variables_are_filled(
     assert len(exprs) == 8
     assert promtool_check(promtool, tmp_path, exprs) == ""
     assert "parse error" in promtool_check(promtool, tmp_path, [exprs[0] + ")"])
+
+
+# --- the README's snippets --------------------------------------------------------------------
+
+
+def readme_snippets() -> list[dict[str, Any]]:
+    """The YAML blocks of the README's "Canary a model version" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Canary a model version", 1)[1].split("\n### ", 1)[0]
+    return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+
+
+def test_the_readme_rollout_and_canary_use_the_generated_templates() -> None:
+    rollout, example = readme_snippets()
+    assert (rollout["apiVersion"], rollout["kind"]) == (canary.ARGO_API_VERSION, "Rollout")
+    (template,) = committed(ANALYSIS_TEMPLATE_PATH)
+    (step,) = [
+        s["analysis"] for s in rollout["spec"]["strategy"]["canary"]["steps"] if "analysis" in s
+    ]
+    assert step["templates"] == [{"templateName": template["metadata"]["name"]}]
+    given = {a["name"] for a in step["args"]}
+    declared = {a["name"]: a for a in template["spec"]["args"]}
+    assert given <= set(declared)
+    assert {n for n, a in declared.items() if "value" not in a} <= given, "a required arg missing"
+    assert rollout["spec"]["workloadRef"]["name"] == "model-server"
+    assert rollout["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "model-server"}
+
+    validate_custom_resource(example)
+    (generated,) = committed(CANARY_PATH)
+    assert {k: v for k, v in example["spec"].items() if k != "analysis"} == {
+        k: v for k, v in generated["spec"].items() if k != "analysis"
+    }
+    analysis, generated_analysis = example["spec"]["analysis"], generated["spec"]["analysis"]
+    assert {k: v for k, v in analysis.items() if k != "metrics"} == {
+        k: v for k, v in generated_analysis.items() if k != "metrics"
+    }
+    metrics = {m["name"]: m for m in generated_analysis["metrics"]}
+    for metric in example["spec"]["analysis"]["metrics"]:
+        assert metric == metrics[metric["name"]]

@@ -142,8 +142,8 @@ def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 def validate_custom_resource(doc: Mapping[str, Any]) -> None:
     """Raises jsonschema.ValidationError unless ``doc`` is a valid object of a served version
     of one of the CRDs kept in tests/data/crds (its apiVersion and kind naming that version)."""
-    key = (doc.get("apiVersion"), doc.get("kind"))
-    schema = crd_schemas().get(key)  # type: ignore[arg-type]
+    key = (str(doc.get("apiVersion")), str(doc.get("kind")))
+    schema = crd_schemas().get(key)
     if schema is None:
         raise jsonschema.ValidationError(f"no served CustomResourceDefinition for {key}")
     jsonschema.Draft7Validator(schema).validate(dict(doc))
