@@ -323,6 +323,9 @@ def test_units() -> None:
         OVERVIEW["uid"]: {
             "Request rate per model": "reqps",
             "Error ratio per model": "percentunit",
+            "Request rate per version": "reqps",
+            "Error ratio per version": "percentunit",
+            "p95 latency per version": "s",
             "Latency: sidecar": "s",
             "Latency: app": "s",
             "Time to first byte": "s",
@@ -481,6 +484,50 @@ def test_tokens_per_second_by_type() -> None:
     assert exprs(by_title(OVERVIEW, "Tokens/s per model")) == [
         "sum by (source, model_name, type) (rate(model_inference_tokens_total"
         '{namespace=~"$namespace", model_name=~"$model"}[$__rate_interval]))'
+    ]
+
+
+def test_versions_row_compares_one_models_versions_side_by_side() -> None:
+    titles = [p["title"] for p in OVERVIEW["panels"]]
+    start = titles.index("Versions")
+    assert OVERVIEW["panels"][start]["type"] == "row"
+    row = [by_title(OVERVIEW, t) for t in titles[start + 1 : start + 6]]
+    assert [p["title"] for p in row] == [
+        "Request rate per version",
+        "Error ratio per version",
+        "p50 latency per version",
+        "p95 latency per version",
+        "p99 latency per version",
+    ]
+    assert [p["fieldConfig"]["defaults"]["unit"] for p in row] == [
+        "reqps",
+        "percentunit",
+        "s",
+        "s",
+        "s",
+    ]
+    per_version = "sum by (source, model_name, model_version"
+    for panel in row:
+        (target,) = panel["targets"]
+        assert per_version in target["expr"], panel["title"]
+        assert 'model_name=~"$model"' in target["expr"]
+        assert target["legendFormat"] == "{{model_name}} {{model_version}} ({{source}})"
+    rate, errors, *latencies = (p["targets"][0]["expr"] for p in row)
+    assert rate.startswith("sum by (source, model_name, model_version) (rate(model_inference_total")
+    assert f'reason=~"{promql.SERVER_SIDE_REASONS_RE}"' in errors
+    assert latencies == [
+        f"histogram_quantile({q}, sum by (source, model_name, model_version, le) (rate("
+        'model_inference_duration_seconds_bucket{namespace=~"$namespace", '
+        'model_name=~"$model"}[$__rate_interval])))'
+        for q in ("0.5", "0.95", "0.99")
+    ]
+    # side by side: the rate and the error ratio on one line, the three percentiles on the next
+    assert [(p["gridPos"]["x"], p["gridPos"]["w"]) for p in row] == [
+        (0, 12),
+        (12, 12),
+        (0, 8),
+        (8, 8),
+        (16, 8),
     ]
 
 
