@@ -87,7 +87,7 @@ def test_committed_objects_validate_against_the_published_crds(path: str) -> Non
         GenerateOptions(
             namespace="serving",
             deployment="bert",
-            canary_interval_seconds=30,
+            canary_interval_seconds=3600,
             canary_count=10,
             canary_failure_limit=3,
             canary_model="bert",
@@ -99,6 +99,9 @@ def test_committed_objects_validate_against_the_published_crds(path: str) -> Non
 def test_objects_of_other_options_validate(options: GenerateOptions) -> None:
     for doc in generated_objects(options):
         validate_custom_resource(doc)
+    # an hour is 60m: Flagger's interval pattern knows only minutes and seconds
+    assert canary.flagger_canary(options)["spec"]["analysis"]["interval"] == "60m"
+    assert canary.interval(GenerateOptions(canary_interval_seconds=90)) == "90s"
 
 
 def broken(doc: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:

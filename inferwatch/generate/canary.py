@@ -47,6 +47,13 @@ ARGO_ARGS = ("namespace", "workload", "model", "canary-version", "stable-version
 FLAGGER_VARIABLES = ("model", "canary_version", "stable_version")
 
 
+def interval(options: GenerateOptions) -> str:
+    """The measurement interval (and rate window) in minutes or seconds: Flagger's metric
+    interval must match ``^[0-9]+(m|s)`` (so 1h is 60m); Argo and PromQL read it alike."""
+    seconds = options.canary_interval_seconds
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
+
+
 @dataclass(frozen=True)
 class Placeholders:
     """How each template spells the analysis' inputs."""
@@ -74,7 +81,7 @@ def argo_placeholders(options: GenerateOptions) -> Placeholders:
         arg["model"],
         arg["canary-version"],
         arg["stable-version"],
-        promql.duration(options.canary_interval_seconds),
+        interval(options),
     )
 
 
@@ -148,7 +155,7 @@ def failure_condition(check: Check) -> str:
 
 def analysis_template(options: GenerateOptions) -> dict[str, Any]:
     placeholders = argo_placeholders(options)
-    interval = promql.duration(options.canary_interval_seconds)
+    every = interval(options)
     return {
         "apiVersion": ARGO_API_VERSION,
         "kind": "AnalysisTemplate",
@@ -168,7 +175,7 @@ def analysis_template(options: GenerateOptions) -> dict[str, Any]:
             "metrics": [
                 {
                     "name": check.name,
-                    "interval": interval,
+                    "interval": every,
                     "count": options.canary_count,
                     "failureLimit": options.canary_failure_limit,
                     "successCondition": success_condition(check),
@@ -216,7 +223,7 @@ def metric_templates(options: GenerateOptions) -> list[dict[str, Any]]:
 def flagger_canary(options: GenerateOptions) -> dict[str, Any]:
     """An example Canary for the model server's Deployment, checking ``canary_version`` of
     ``canary_model`` against ``stable_version`` with the metric templates."""
-    interval = promql.duration(options.canary_interval_seconds)
+    every = interval(options)
     variables = {
         "model": options.canary_model,
         "canary_version": options.canary_version,
@@ -240,7 +247,7 @@ def flagger_canary(options: GenerateOptions) -> dict[str, Any]:
             # <deployment>-canary and <deployment>-primary next to it.
             "service": {"port": 80, "targetPort": "http"},
             "analysis": {
-                "interval": interval,
+                "interval": every,
                 # Flagger rolls back at `threshold` failed checks; Argo fails after more than
                 # failureLimit: the same tolerance.
                 "threshold": options.canary_failure_limit + 1,
@@ -252,7 +259,7 @@ def flagger_canary(options: GenerateOptions) -> dict[str, Any]:
                         "templateRef": {"name": metric_template_name(check)},
                         "templateVariables": variables,
                         "thresholdRange": {"max": check.maximum},
-                        "interval": interval,
+                        "interval": every,
                     }
                     for check in checks(options)
                 ],
