@@ -1,10 +1,12 @@
 """The aiohttp application: routes for each protocol, JSON errors, readiness, drain.
 
 Every version of every model gets a :class:`~inferwatch.batching.DynamicBatcher` (versions:
-:mod:`inferwatch.server.versions`); the models of one device share one worker thread. The language model's batcher batches decoding steps, not requests
-(see :mod:`inferwatch.server.openai`). Readiness turns true once every model ran each warm-up
-batch size, and versions 2 and 3 were compared with version 1 (logged). On shutdown (aiohttp's ``on_shutdown``, which runs after the listening socket closed and
-before in-flight handlers are awaited) the batchers stop accepting and finish their queues.
+:mod:`inferwatch.server.versions`); the models of one device share one worker thread. The
+language model's batcher batches decoding steps, not requests (see
+:mod:`inferwatch.server.openai`). Readiness turns true once every version of every model ran
+each warm-up batch size and versions 2 and 3 were compared with version 1 (logged). On shutdown
+(aiohttp's ``on_shutdown``, which runs after the listening socket closed and before in-flight
+handlers are awaited) the batchers stop accepting and finish their queues.
 """
 
 from __future__ import annotations
@@ -419,9 +421,7 @@ async def v2_ready(request: web.Request) -> web.Response:
 async def v2_model_metadata(request: web.Request) -> web.Response:
     server = _server(request)
     runner = server.runner(request.match_info["model"], request.match_info.get("version"))
-    return web.json_response(
-        protocol.v2_model_metadata(runner, server.versions_of(runner.name))
-    )
+    return web.json_response(protocol.v2_model_metadata(runner, server.versions_of(runner.name)))
 
 
 async def v2_model_ready(request: web.Request) -> web.Response:

@@ -62,9 +62,7 @@ def _top_k(parameters: Any, runner: ModelRunner) -> int:
     return value
 
 
-def _text_item(
-    value: Any, runner: TextRunner, where: str, max_length: int | None = None
-) -> bytes:
+def _text_item(value: Any, runner: TextRunner, where: str, max_length: int | None = None) -> bytes:
     if not isinstance(value, str):
         raise RequestError(f"{where} must be a string, got {type(value).__name__}")
     limit = runner.config.max_length

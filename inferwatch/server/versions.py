@@ -103,7 +103,9 @@ def quantize(module: nn.Module) -> nn.Module:
 
 def linear_share(module: nn.Module) -> tuple[int, int]:
     """(parameters in Linear layers, all parameters): how much int8 quantization covers."""
-    linear = sum(p.numel() for m in module.modules() if type(m) is nn.Linear for p in m.parameters())
+    linear = sum(
+        p.numel() for m in module.modules() if type(m) is nn.Linear for p in m.parameters()
+    )
     return linear, sum(p.numel() for p in module.parameters())
 
 
@@ -147,7 +149,9 @@ def export_onnx(runner: ModelRunner, path: Path) -> None:
     example = runner.encode(runner.sample_items(3)[1:])  # two items of different lengths
     limits = runner.axis_limits()
     dims = {name: torch.export.Dim(name, min=1, max=limit) for name, limit in limits.items()}
-    shapes = tuple({axis: dims[name] for axis, name in axes.items()} for axes in runner.dynamic_axes())
+    shapes = tuple(
+        {axis: dims[name] for axis, name in axes.items()} for axes in runner.dynamic_axes()
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
