@@ -143,8 +143,8 @@ class ModelServer:
         self.registry = registry
         # model name -> version -> runner
         self.runners: dict[str, dict[str, ModelRunner]] = {}
-        for runner in runners:
-            self.runners.setdefault(runner.name, {})[runner.version] = runner
+        for model in runners:
+            self.runners.setdefault(model.name, {})[model.version] = model
         self.llm = llm
         # One worker thread per device: batches of models on one device take turns on it.
         self.executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
