@@ -213,6 +213,9 @@ def onnx_module(runner: ModelRunner, cache_dir: Path) -> tuple[OnnxModule, str]:
         log.info("model %s: exported to ONNX at %s", runner.name, path)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    # Idle threads sleep instead of spinning: the CPU is shared with PyTorch's versions and
+    # the event loop.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(
         str(path), options, providers=onnx_providers(runner.device)
     )
