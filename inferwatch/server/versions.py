@@ -101,12 +101,18 @@ def quantize(module: nn.Module) -> nn.Module:
     return quantized
 
 
-def linear_share(module: nn.Module) -> tuple[int, int]:
-    """(parameters in Linear layers, all parameters): how much int8 quantization covers."""
-    linear = sum(
-        p.numel() for m in module.modules() if type(m) is nn.Linear for p in m.parameters()
-    )
-    return linear, sum(p.numel() for p in module.parameters())
+def linear_share(module: nn.Module) -> tuple[int, int, list[str]]:
+    """(parameters in Linear layers, all parameters, the kinds of layer holding the rest):
+    how much int8 dynamic quantization covers, and what it leaves in fp32."""
+    linear = 0
+    others: set[str] = set()
+    for layer in module.modules():
+        own = sum(p.numel() for p in layer.parameters(recurse=False))
+        if type(layer) is nn.Linear:
+            linear += own
+        elif own:
+            others.add(type(layer).__name__)
+    return linear, sum(p.numel() for p in module.parameters()), sorted(others)
 
 
 # --- version 3: ONNX Runtime -----------------------------------------------------------------
@@ -227,15 +233,16 @@ def onnx_module(runner: ModelRunner, cache_dir: Path) -> tuple[OnnxModule, str]:
 
 def _int8(runner: ModelRunner, cache_dir: Path) -> ModelRunner:
     quantized = quantize(runner.module)
-    linear, total = linear_share(runner.module)
+    linear, total, others = linear_share(runner.module)
     if not linear:
         raise VersionUnavailable("it has no Linear layer to quantize")
     if linear < total:
         log.info(
             "model %s: int8 dynamic quantization covers its Linear layers, %.0f%% of its "
-            "parameters; the rest (convolutions, embeddings, attention projections) stays fp32",
+            "parameters; the rest stays fp32 (%s)",
             runner.name,
             100 * linear / total,
+            ", ".join(others),
         )
     return runner.variant(INT8, quantized, torch.device("cpu"))
 
