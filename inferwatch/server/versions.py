@@ -54,19 +54,6 @@ class VersionUnavailable(Exception):
     """A version that cannot be built here; the message says why, for the log line."""
 
 
-def parse_versions(text: str) -> tuple[str, ...]:
-    """``"1,3"`` -> ``("1", "3")``; ValueError naming what is wrong."""
-    versions = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not versions:
-        raise ValueError(f"expected versions like 1,2,3, got {text!r}")
-    unknown = [v for v in versions if v not in VERSIONS]
-    if unknown:
-        raise ValueError(f"unknown versions {unknown}; the versions are {', '.join(VERSIONS)}")
-    if len(set(versions)) != len(versions):
-        raise ValueError(f"versions repeat in {text!r}")
-    return tuple(v for v in VERSIONS if v in versions)
-
-
 def default_cache_dir() -> Path:
     """``$INFERWATCH_ONNX_CACHE_DIR``, else ``$XDG_CACHE_HOME/inferwatch/onnx``, else
     ``~/.cache/inferwatch/onnx``."""
