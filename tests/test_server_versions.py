@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -351,6 +352,34 @@ def test_missing_onnxruntime_skips_version_3(
         assert sum(line.startswith(expected) for line in lines) == 1
     with pytest.raises(ValueError, match=r"its default version 3 .* cannot be built here"):
         build_runners(versions_config(onnx_cache, versions=("1", "3"), default_version="3"))
+
+
+def test_exports_are_cached_and_a_damaged_file_is_exported_again(
+    onnx_cache: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="inferwatch.server")
+    build_runners(versions_config(onnx_cache, versions=("1", "3")))  # fills the cache if empty
+    caplog.clear()
+    build_runners(versions_config(onnx_cache, versions=("1", "3")))
+    loaded = [r.getMessage() for r in caplog.records if "ONNX export loaded from" in r.getMessage()]
+    assert len(loaded) == 2
+    for file in Path(onnx_cache).glob("*.onnx"):
+        damaged = file.name.startswith(TEXT_MODEL)
+        (tmp_path / file.name).write_bytes(b"not onnx" if damaged else file.read_bytes())
+    caplog.clear()
+    runners = build_runners(versions_config(str(tmp_path), versions=("1", "3")))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        f"model {TEXT_MODEL}: cached ONNX file" in line and "unusable" in line for line in lines
+    )
+    assert any(
+        line.startswith(f"model {TEXT_MODEL}: exported to ONNX at {tmp_path}") for line in lines
+    )
+    assert any(line.startswith(f"model {IMAGE_MODEL}: ONNX export loaded from") for line in lines)
+    eager, onnx = (r for r in runners if r.name == TEXT_MODEL)
+    items = eager.sample_items(8)
+    expected = torch.tensor(eager.predict_batch(items))
+    assert (torch.tensor(onnx.predict_batch(items)) - expected).abs().max() <= ONNX_TOLERANCE
 
 
 # --- the command ------------------------------------------------------------------------------

@@ -187,6 +187,15 @@ def onnx_providers(device: torch.device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _session(onnxruntime: Any, path: Path, device: torch.device) -> Any:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    # Idle threads sleep instead of spinning: the CPU is shared with PyTorch's versions and
+    # the event loop.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=onnx_providers(device))
+
+
 def onnx_module(runner: ModelRunner, cache_dir: Path) -> tuple[OnnxModule, str]:
     """The runner's module as an ONNX Runtime session (exported or loaded from the cache),
     and the provider it runs on."""
@@ -196,22 +205,24 @@ def onnx_module(runner: ModelRunner, cache_dir: Path) -> tuple[OnnxModule, str]:
         raise VersionUnavailable(f"onnxruntime is not installed ({exc})") from exc
     path = cache_dir / f"{runner.name}-{model_hash(runner)}.onnx"
     if path.exists():
-        log.info("model %s: ONNX export loaded from %s", runner.name, path)
-    else:
         try:
-            export_onnx(runner, path)
-        except OSError:  # an unwritable cache: export to a private directory instead
-            path = Path(tempfile.mkdtemp(prefix="inferwatch-onnx-")) / path.name
-            export_onnx(runner, path)
-        log.info("model %s: exported to ONNX at %s", runner.name, path)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    # Idle threads sleep instead of spinning: the CPU is shared with PyTorch's versions and
-    # the event loop.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(
-        str(path), options, providers=onnx_providers(runner.device)
-    )
+            session = _session(onnxruntime, path, runner.device)
+            log.info("model %s: ONNX export loaded from %s", runner.name, path)
+            return OnnxModule(session), session.get_providers()[0]
+        except Exception as exc:  # a damaged cache file: export again over it
+            log.warning(
+                "model %s: cached ONNX file %s unusable (%s); exporting again",
+                runner.name,
+                path,
+                exc,
+            )
+    try:
+        export_onnx(runner, path)
+    except OSError:  # an unwritable cache: export to a private directory instead
+        path = Path(tempfile.mkdtemp(prefix="inferwatch-onnx-")) / path.name
+        export_onnx(runner, path)
+    log.info("model %s: exported to ONNX at %s", runner.name, path)
+    session = _session(onnxruntime, path, runner.device)
     return OnnxModule(session), session.get_providers()[0]
 
 
