@@ -103,9 +103,11 @@ def test_weights_file_replaces_the_random_weights(tmp_path: Path) -> None:
     trained = TextClassifier(text_config).eval()
     path = tmp_path / "text.pt"
     torch.save(trained.state_dict(), path)
-    config = ServerConfig(device="cpu", model_size="tiny", weights={TEXT_MODEL: str(path)})
+    config = ServerConfig(
+        device="cpu", model_size="tiny", weights={TEXT_MODEL: str(path)}, versions=("1",)
+    )
     loaded, _ = build_runners(config)
-    default, _ = build_runners(ServerConfig(device="cpu", model_size="tiny"))
+    default, _ = build_runners(ServerConfig(device="cpu", model_size="tiny", versions=("1",)))
     with torch.inference_mode():
         tokens = torch.tensor([[257, 104, 105]])
         expected = trained(tokens, tokens == 256).softmax(-1)[0]
@@ -117,12 +119,13 @@ def test_weights_file_replaces_the_random_weights(tmp_path: Path) -> None:
 def test_random_weights_are_the_same_in_every_process() -> None:
     code = (
         "from inferwatch.server.app import ServerConfig, build_runners; import json; "
-        "text, image = build_runners(ServerConfig(device='cpu', model_size='tiny')); "
+        "text, image = build_runners(ServerConfig(device='cpu', model_size='tiny', "
+        "versions=('1',))); "
         "print(json.dumps(text.predict_batch([b'same'])[0]))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    text, _ = build_runners(ServerConfig(device="cpu", model_size="tiny"))
+    text, _ = build_runners(ServerConfig(device="cpu", model_size="tiny", versions=("1",)))
     assert torch.allclose(
         torch.tensor(json.loads(done.stdout)), torch.tensor(text.predict_batch([b"same"])[0])
     )

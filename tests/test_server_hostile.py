@@ -524,7 +524,7 @@ async def test_client_gone_while_its_batch_computes_batch_mates_still_answered(
         await poll(lambda: served.metric(schema.QUEUE_LENGTH, model_name=TEXT_MODEL) == 2)
         stays = asyncio.create_task(hit(served, "POST", "/predict", json_body={"text": "stays"}))
         await poll(gate.entered.is_set)
-        batcher = served.server.batchers[TEXT_MODEL]
+        batcher = served.server.batchers[TEXT_MODEL, "1"]
         gone_entries = batcher._running[:2]
         assert [e.item for e in gone_entries] == [b"gone a", b"gone b"]
         gone.cancel()

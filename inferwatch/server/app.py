@@ -1,10 +1,12 @@
 """The aiohttp application: routes for each protocol, JSON errors, readiness, drain.
 
-Every model gets a :class:`~inferwatch.batching.DynamicBatcher`; the models of one device
-share one worker thread. The language model's batcher batches decoding steps, not requests
-(see :mod:`inferwatch.server.openai`). Readiness turns true once every model ran each warm-up
-batch size. On shutdown (aiohttp's ``on_shutdown``, which runs after the listening socket closed and
-before in-flight handlers are awaited) the batchers stop accepting and finish their queues.
+Every version of every model gets a :class:`~inferwatch.batching.DynamicBatcher` (versions:
+:mod:`inferwatch.server.versions`); the models of one device share one worker thread. The
+language model's batcher batches decoding steps, not requests (see
+:mod:`inferwatch.server.openai`). Readiness turns true once every version of every model ran
+each warm-up batch size and versions 2 and 3 were compared with version 1 (logged). On shutdown
+(aiohttp's ``on_shutdown``, which runs after the listening socket closed and before in-flight
+handlers are awaited) the batchers stop accepting and finish their queues.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +29,7 @@ from inferwatch._version import __version__
 from inferwatch.batching import BatcherClosed, DynamicBatcher, Overloaded
 from inferwatch.exposition import metrics_handler
 from inferwatch.server import openai, protocol
+from inferwatch.server import versions as versioning
 from inferwatch.server.models import (
     LLM_SIZES,
     MODEL_SIZES,
@@ -64,6 +68,9 @@ class ServerConfig:
     weights: dict[str, str] = field(default_factory=dict)  # model name -> state dict file
     gpu_metrics_interval: float = 5.0
     llm: bool = True  # serve the language model too (OpenAI-style /v1/... endpoints)
+    versions: tuple[str, ...] = versioning.VERSIONS  # of each classifier (not the language model)
+    default_version: str = versioning.EAGER  # what unversioned paths and /predict use
+    onnx_cache_dir: str | None = None  # None: versions.default_cache_dir()
 
     def warm_up_sizes(self) -> list[int]:
         return sorted({1, self.max_batch_size, *self.preferred_batch_sizes})
@@ -81,14 +88,31 @@ def build_runners(config: ServerConfig) -> list[ModelRunner]:
             f"--weights names unknown models {sorted(unknown)}; "
             f"the models are {TEXT_MODEL}, {IMAGE_MODEL} and {LLM_MODEL}"
         )
+    if config.default_version not in config.versions:
+        raise ValueError(
+            f"--default-version {config.default_version} is not among the served versions "
+            f"{','.join(config.versions)}"
+        )
     device = resolve_device(config.device)
     text_config, image_config = MODEL_SIZES[config.model_size]
-    return [
+    models: list[ModelRunner] = [
         TextRunner(TEXT_MODEL, MODEL_VERSION, text_config, device, config.weights.get(TEXT_MODEL)),
         ImageRunner(
             IMAGE_MODEL, MODEL_VERSION, image_config, device, config.weights.get(IMAGE_MODEL)
         ),
     ]
+    cache = Path(config.onnx_cache_dir) if config.onnx_cache_dir else None
+    runners: list[ModelRunner] = []
+    for model in models:
+        built = versioning.build_versions(model, config.versions, cache)
+        if config.default_version not in {runner.version for runner in built}:
+            raise ValueError(
+                f"model {model.name}: its default version {config.default_version} "
+                f"({versioning.DESCRIPTIONS[config.default_version]}) cannot be built here "
+                "(see the log); pick another --default-version"
+            )
+        runners.extend(built)
+    return runners
 
 
 def build_llm(config: ServerConfig) -> LLMRunner | None:
@@ -117,11 +141,15 @@ class ModelServer:
     ) -> None:
         self.config = config
         self.registry = registry
-        self.runners = {runner.name: runner for runner in runners}
+        # model name -> version -> runner
+        self.runners: dict[str, dict[str, ModelRunner]] = {}
+        for model in runners:
+            self.runners.setdefault(model.name, {})[model.version] = model
         self.llm = llm
         # One worker thread per device: batches of models on one device take turns on it.
         self.executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
-        self.batchers: dict[str, DynamicBatcher[Any, Any]] = {}
+        # (model name, version) -> its batcher
+        self.batchers: dict[tuple[str, str], DynamicBatcher[Any, Any]] = {}
         every: list[ModelRunner | LLMRunner] = [*runners, *([llm] if llm is not None else [])]
         for runner in every:
             device = str(runner.device)
@@ -130,7 +158,7 @@ class ModelServer:
                     max_workers=1, thread_name_prefix=f"model-{device}"
                 )
             step = isinstance(runner, LLMRunner)
-            self.batchers[runner.name] = DynamicBatcher(
+            self.batchers[runner.name, runner.version] = DynamicBatcher(
                 runner.predict_batch,
                 model_name=LLM_STEP_MODEL if step else runner.name,
                 model_version=runner.version,
@@ -143,7 +171,9 @@ class ModelServer:
                 executor=self.executors[device],
                 registry=registry,
             )
-        self.scheduler = openai.StepScheduler(self.batchers[llm.name]) if llm is not None else None
+        self.scheduler = (
+            openai.StepScheduler(self.batchers[llm.name, llm.version]) if llm is not None else None
+        )
         self.ready = False
         self.draining = False
         self.generations = 0  # in flight; the drain lets them finish
@@ -153,20 +183,31 @@ class ModelServer:
         self._gpu_metrics: Any = None
 
     def runner(self, name: str, version: str | None = None) -> ModelRunner:
-        runner = self.runners.get(name)
-        if runner is None:
+        """The model's runner for ``version`` (None: the default version); 404 if unknown."""
+        served = self.runners.get(name)
+        if served is None:
             raise RequestError(
                 f"unknown model {name!r}; this server has {sorted(self.runners)}",
                 reason="unknown_model",
                 status=404,
             )
-        if version is not None and version != runner.version:
+        if version is None:
+            version = self.config.default_version
+            if version not in served:  # runners given directly, without the default version
+                version = next(iter(served))
+        runner = served.get(version)
+        if runner is None:
             raise RequestError(
-                f"model {name!r} has no version {version!r}; it has {runner.version!r}",
+                f"model {name!r} has no version {version!r}; it has "
+                + ", ".join(repr(v) for v in served),
                 reason="unknown_version",
                 status=404,
             )
         return runner
+
+    def versions_of(self, name: str) -> list[str]:
+        """The versions served of model ``name``."""
+        return list(self.runners.get(name, {}))
 
     async def start(self) -> None:
         self._warm_up = asyncio.get_running_loop().create_task(self._warm_up_models())
@@ -174,7 +215,9 @@ class ModelServer:
     async def _warm_up_models(self) -> None:
         loop = asyncio.get_running_loop()
         sizes = self.config.warm_up_sizes()
-        runners: list[ModelRunner | LLMRunner] = [*self.runners.values()]
+        runners: list[ModelRunner | LLMRunner] = [
+            runner for served in self.runners.values() for runner in served.values()
+        ]
         if self.llm is not None:
             runners.append(self.llm)
         for runner in runners:
@@ -186,11 +229,41 @@ class ModelServer:
                 log.exception("model %s failed its warm-up; the server stays unready", runner.name)
                 return
             log.info(
-                "model %s warmed up on %s with batch sizes %s", runner.name, runner.device, sizes
+                "model %s version %s warmed up on %s with batch sizes %s",
+                runner.name,
+                runner.version,
+                runner.device,
+                sizes,
             )
+        await self._log_agreement()
         if any(runner.cuda for runner in runners):
             self.start_gpu_metrics()
         self.ready = not self.draining
+
+    async def _log_agreement(self) -> None:
+        """Log how well each version agrees with version 1 on a fixed input set."""
+        loop = asyncio.get_running_loop()
+        for name, served in self.runners.items():
+            reference = served.get(versioning.EAGER)
+            if reference is None or len(served) < 2:
+                continue
+            items = reference.sample_items(versioning.AGREEMENT_ITEMS)
+            for version, candidate in served.items():
+                if version == versioning.EAGER:
+                    continue
+                try:
+                    result = await loop.run_in_executor(
+                        self.executors[str(candidate.device)],
+                        versioning.agreement,
+                        reference,
+                        candidate,
+                        items,
+                        self.config.max_batch_size,
+                    )
+                except Exception:  # informative only: the version is warmed up and serves
+                    log.exception("model %s version %s: agreement not measured", name, version)
+                    continue
+                log.info(versioning.agreement_line(name, version, result))
 
     def start_gpu_metrics(self) -> None:
         """Serve the GPU families on this server's registry (called once models are on CUDA)."""
@@ -236,7 +309,7 @@ class ModelServer:
 
     async def infer(self, runner: ModelRunner, items: list[Any]) -> list[list[float]]:
         self.check_ready()
-        batcher = self.batchers[runner.name]
+        batcher = self.batchers[runner.name, runner.version]
         if len(items) == 1:  # the common case, without gathering
             return [await self._submit(runner.name, batcher.submit(items[0]))]
         rows: list[list[float]] = await self._submit(runner.name, batcher.submit_many(items))
@@ -348,7 +421,7 @@ async def v2_ready(request: web.Request) -> web.Response:
 async def v2_model_metadata(request: web.Request) -> web.Response:
     server = _server(request)
     runner = server.runner(request.match_info["model"], request.match_info.get("version"))
-    return web.json_response(protocol.v2_model_metadata(runner))
+    return web.json_response(protocol.v2_model_metadata(runner, server.versions_of(runner.name)))
 
 
 async def v2_model_ready(request: web.Request) -> web.Response:
@@ -406,11 +479,16 @@ async def predict(request: web.Request) -> web.Response:
 
 
 async def batch_predict(request: web.Request) -> web.Response:
+    """The seed's JSON list of ``{"text", "max_length"?}`` objects, answered by a list of
+    ``{"label", "score"}`` in order; or ``{"texts": [...]}``, answered by ``{"predictions"}``."""
     server = _server(request)
     runner = _text_runner(server)
-    items, top_k = protocol.parse_batch_predict(
-        await _json_body(request), runner, server.config.max_request_items
-    )
+    body = await _json_body(request)
+    if isinstance(body, list):
+        items = protocol.parse_batch_list(body, runner, server.config.max_request_items)
+        rows = await server.infer(runner, items)
+        return web.json_response([protocol.label_and_score(runner, row) for row in rows])
+    items, top_k = protocol.parse_batch_predict(body, runner, server.config.max_request_items)
     rows = await server.infer(runner, items)
     return web.json_response(
         {"predictions": [protocol.prediction(runner, row, top_k) for row in rows]}

@@ -30,6 +30,17 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _versions(text: str) -> tuple[str, ...]:
+    versions = ("1", "2", "3")  # inferwatch.server.versions.VERSIONS, without importing torch
+    parts = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [part for part in parts if part not in versions]
+    if not parts or unknown or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct versions among {','.join(versions)}, like 1,3; got {text!r}"
+        )
+    return tuple(v for v in versions if v in parts)
+
+
 def _weights(text: str) -> tuple[str, str]:
     model, sep, path = text.partition("=")
     if not sep or not model or not path:
@@ -114,6 +125,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: on)",
     )
     parser.add_argument(
+        "--versions",
+        type=_versions,
+        default=("1", "2", "3"),
+        metavar="V,V,...",
+        help="versions of each classifier to serve, each with its own batcher: 1 fp32 eager, "
+        "2 int8 dynamic quantization (CPU), 3 ONNX Runtime (default: 1,2,3)",
+    )
+    parser.add_argument(
+        "--default-version",
+        choices=["1", "2", "3"],
+        default="1",
+        help="the version unversioned paths and /predict, /batch_predict use "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--onnx-cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where version 3's ONNX exports are kept, keyed by a hash of the weights "
+        "(default: $INFERWATCH_ONNX_CACHE_DIR, else ~/.cache/inferwatch/onnx)",
+    )
+    parser.add_argument(
         "--weights",
         type=_weights,
         action="append",
@@ -174,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
         weights=dict(args.weights),
         gpu_metrics_interval=args.gpu_metrics_interval,
         llm=args.llm,
+        versions=args.versions,
+        default_version=args.default_version,
+        onnx_cache_dir=args.onnx_cache_dir,
     )
     try:
         if any(size > config.max_batch_size for size in config.preferred_batch_sizes):

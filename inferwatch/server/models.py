@@ -10,6 +10,7 @@ padding masks make an item's answer independent of its batch-mates.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -204,6 +205,8 @@ class ModelRunner:
     """
 
     kind = ""
+    # The names of the module's inputs (in ``encode``'s order), for an ONNX export.
+    input_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -216,6 +219,10 @@ class ModelRunner:
         self.name = name
         self.version = version
         self.labels = tuple(labels)
+        self.platform = "pytorch"  # what runs the module: pytorch or onnxruntime
+        self._place(module, device)
+
+    def _place(self, module: nn.Module, device: torch.device) -> None:
         self.device = device
         self.module = module.to(device).eval()
         self.cuda = device.type == "cuda"
@@ -223,13 +230,41 @@ class ModelRunner:
         if self.cuda:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
+    def variant(
+        self, version: str, module: nn.Module, device: torch.device, platform: str = "pytorch"
+    ) -> ModelRunner:
+        """This runner with another module (a quantized or exported copy) as another version:
+        same name, labels and input encoding, so every version answers the same requests."""
+        other = copy.copy(self)
+        other.version = version
+        other.platform = platform
+        other._place(module, device)
+        return other
+
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.cuda:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def _forward(self, items: Sequence[Any]) -> torch.Tensor:
+    def encode(self, items: Sequence[Any]) -> tuple[torch.Tensor, ...]:
+        """The module's input tensors for a batch of items, on the CPU."""
         raise NotImplementedError
+
+    def dynamic_axes(self) -> tuple[dict[int, str], ...]:
+        """For each of ``encode``'s tensors, its axes that vary between batches (by name)."""
+        raise NotImplementedError
+
+    def axis_limits(self) -> dict[str, int]:
+        """The largest size of each named dynamic axis."""
+        return {"batch": 1 << 16}
+
+    def sample_items(self, count: int, seed: int = 0) -> list[Any]:
+        """A fixed set of ``count`` varied items (the same for a seed), to compare versions."""
+        raise NotImplementedError
+
+    def _forward(self, items: Sequence[Any]) -> torch.Tensor:
+        result: torch.Tensor = self.module(*(self._to_device(t) for t in self.encode(items)))
+        return result
 
     def predict_batch(self, items: Sequence[Any]) -> list[list[float]]:
         with torch.inference_mode():
@@ -257,6 +292,7 @@ class TextRunner(ModelRunner):
     """Items are the UTF-8 bytes of one text (see :func:`encode_text`)."""
 
     kind = "text"
+    input_names = ("tokens", "padding")
 
     def __init__(
         self,
@@ -272,15 +308,29 @@ class TextRunner(ModelRunner):
         super().__init__(name, version, module, config.labels, device)
         self.config = config
 
-    def _forward(self, items: Sequence[bytes]) -> torch.Tensor:
+    def encode(self, items: Sequence[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
         length = 1 + max(len(item) for item in items)
         tokens = torch.full((len(items), length), PAD_TOKEN, dtype=torch.long)
         tokens[:, 0] = CLS_TOKEN
         for row, item in enumerate(items):
             if item:
                 tokens[row, 1 : 1 + len(item)] = torch.tensor(list(item), dtype=torch.long)
-        padding = tokens == PAD_TOKEN
-        return self.module(self._to_device(tokens), self._to_device(padding))
+        return tokens, tokens == PAD_TOKEN
+
+    def dynamic_axes(self) -> tuple[dict[int, str], ...]:
+        return ({0: "batch", 1: "length"}, {0: "batch", 1: "length"})
+
+    def axis_limits(self) -> dict[str, int]:
+        return {**super().axis_limits(), "length": self.config.max_length + 1}
+
+    def sample_items(self, count: int, seed: int = 0) -> list[bytes]:
+        generator = torch.Generator().manual_seed(seed)
+        items = []
+        for i in range(count):
+            length = (i * 7919) % (self.config.max_length + 1)  # lengths spread over 0..max
+            values = torch.randint(32, 127, (length,), generator=generator)  # printable ASCII
+            items.append(bytes(values.tolist()))
+        return items
 
     def example_item(self) -> bytes:
         return b"x" * self.config.max_length
@@ -290,6 +340,7 @@ class ImageRunner(ModelRunner):
     """Items are float32 tensors of shape (channels, size, size)."""
 
     kind = "image"
+    input_names = ("images",)
 
     def __init__(
         self,
@@ -309,8 +360,15 @@ class ImageRunner(ModelRunner):
     def item_shape(self) -> tuple[int, int, int]:
         return (self.config.channels, self.config.size, self.config.size)
 
-    def _forward(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.module(self._to_device(torch.stack(list(items))))
+    def encode(self, items: Sequence[torch.Tensor]) -> tuple[torch.Tensor]:
+        return (torch.stack(list(items)),)
+
+    def dynamic_axes(self) -> tuple[dict[int, str], ...]:
+        return ({0: "batch"},)
+
+    def sample_items(self, count: int, seed: int = 0) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        return list(torch.rand((count, *self.item_shape), generator=generator).unbind(0))
 
     def example_item(self) -> torch.Tensor:
         return torch.zeros(self.item_shape)

@@ -62,10 +62,22 @@ def _top_k(parameters: Any, runner: ModelRunner) -> int:
     return value
 
 
-def _text_item(value: Any, runner: TextRunner, where: str) -> bytes:
+def _text_item(value: Any, runner: TextRunner, where: str, max_length: int | None = None) -> bytes:
     if not isinstance(value, str):
         raise RequestError(f"{where} must be a string, got {type(value).__name__}")
-    return encode_text(value, runner.config.max_length)
+    limit = runner.config.max_length
+    return encode_text(value, limit if max_length is None else min(max_length, limit))
+
+
+def _max_length(body: dict[str, Any], where: str) -> int | None:
+    """The seed's optional ``max_length``: tokens (UTF-8 bytes) of the text to keep, at most
+    the model's own limit; the classification token the model adds does not count."""
+    value = body.get("max_length")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(f"{where} must be a positive integer, got {value!r}")
+    return value
 
 
 def _image_items(
@@ -99,7 +111,8 @@ def _image_items(
 # --- Open Inference Protocol v2 -------------------------------------------------------------
 
 
-def v2_model_metadata(runner: ModelRunner) -> dict[str, Any]:
+def v2_model_metadata(runner: ModelRunner, versions: Sequence[str] = ()) -> dict[str, Any]:
+    """The model's V2 metadata: ``versions`` lists every version served (default: runner's)."""
     if isinstance(runner, TextRunner):
         inputs = [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
     else:
@@ -107,8 +120,8 @@ def v2_model_metadata(runner: ModelRunner) -> dict[str, Any]:
         inputs = [{"name": IMAGE_INPUT, "datatype": "FP32", "shape": [-1, *runner.item_shape]}]
     return {
         "name": runner.name,
-        "versions": [runner.version],
-        "platform": "pytorch",
+        "versions": list(versions) or [runner.version],
+        "platform": runner.platform,
         "inputs": inputs,
         "outputs": [
             {"name": OUTPUT_LABEL, "datatype": "BYTES", "shape": [-1, -1]},
@@ -285,17 +298,40 @@ def parse_v1(body: Any, runner: ModelRunner, max_items: int) -> tuple[list[Any],
     return _image_items(values, runner, shape, key, nested=True), top_k
 
 
+def label_and_score(runner: ModelRunner, row: list[float]) -> dict[str, Any]:
+    """One item's answer in the seed's ``/batch_predict`` list: the best label, its score."""
+    best = _ranked(row, 1)[0]
+    return {"label": runner.labels[best], "score": row[best]}
+
+
 def parse_predict(body: Any, runner: TextRunner) -> tuple[bytes, int]:
-    """The simple API's ``{"text": "..."}``."""
+    """The seed's ``{"text": "...", "max_length"?: N}``."""
     if not isinstance(body, dict) or "text" not in body:
         raise RequestError('the body must be a JSON object with a "text" string')
-    return _text_item(body["text"], runner, '"text"'), _top_k(body.get("parameters"), runner)
+    max_length = _max_length(body, '"max_length"')
+    item = _text_item(body["text"], runner, '"text"', max_length)
+    return item, _top_k(body.get("parameters"), runner)
+
+
+def parse_batch_list(body: list[Any], runner: TextRunner, max_items: int) -> list[bytes]:
+    """The seed's ``/batch_predict`` body: ``[{"text": "...", "max_length"?: N}, ...]``."""
+    _check_count(len(body), max_items)
+    items = []
+    for i, entry in enumerate(body):
+        if not isinstance(entry, dict) or "text" not in entry:
+            raise RequestError(f'[{i}] must be a JSON object with a "text" string')
+        max_length = _max_length(entry, f"[{i}].max_length")
+        items.append(_text_item(entry["text"], runner, f"[{i}].text", max_length))
+    return items
 
 
 def parse_batch_predict(body: Any, runner: TextRunner, max_items: int) -> tuple[list[bytes], int]:
     """The simple API's ``{"texts": ["...", ...]}``."""
     if not isinstance(body, dict) or not isinstance(body.get("texts"), list):
-        raise RequestError('the body must be a JSON object with "texts": a list of strings')
+        raise RequestError(
+            'the body must be a JSON list of {"text": ...} objects, '
+            'or a JSON object with "texts": a list of strings'
+        )
     texts = body["texts"]
     _check_count(len(texts), max_items)
     items = [_text_item(t, runner, f"texts[{i}]") for i, t in enumerate(texts)]

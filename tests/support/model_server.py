@@ -28,9 +28,21 @@ from support.ports import LOOPBACK
 
 
 def tiny_config(**overrides: Any) -> ServerConfig:
-    settings: dict[str, Any] = {"device": "cpu", "model_size": "tiny", "max_queue_delay": 0.002}
+    """The tiny models on the CPU, version 1 only unless ``versions`` says otherwise."""
+    settings: dict[str, Any] = {
+        "device": "cpu",
+        "model_size": "tiny",
+        "max_queue_delay": 0.002,
+        "versions": ("1",),
+    }
     settings.update(overrides)
     return ServerConfig(**settings)
+
+
+def gate_key(name: str, version: str, default_version: str = "1") -> str:
+    """Gates and runners are keyed by model name for the default version, else
+    ``name/vN``."""
+    return name if version == default_version else f"{name}/v{version}"
 
 
 @dataclass
@@ -86,11 +98,11 @@ async def start_server(
     for model in runners:
         gate = Gate(model.predict_batch, open_=gates_open)
         model.predict_batch = gate  # type: ignore[method-assign]
-        gates[model.name] = gate
+        gates[gate_key(model.name, model.version, config.default_version)] = gate
     app = create_app(config, registry=registry, runners=runners)
     llm = app[SERVER_KEY].llm
     if llm is not None:  # the language model's steps go through a gate too
-        batcher = app[SERVER_KEY].batchers[LLM_MODEL]
+        batcher = app[SERVER_KEY].batchers[LLM_MODEL, llm.version]
         gate = Gate(batcher.batch_fn, open_=gates_open)
         batcher.batch_fn = gate
         gates[LLM_MODEL] = gate
@@ -106,7 +118,7 @@ async def start_server(
         server=app[SERVER_KEY],
         registry=registry,
         gates=gates,
-        runners={model.name: model for model in runners},
+        runners={gate_key(m.name, m.version, config.default_version): m for m in runners},
     )
     if wait_ready:
         await poll(lambda: served.server.ready, "the server to be ready")
@@ -121,6 +133,7 @@ __all__ = [
     "LLM_STEP_MODEL",
     "TEXT_MODEL",
     "Served",
+    "gate_key",
     "start_server",
     "tiny_config",
 ]
