@@ -136,6 +136,11 @@ class BodyReader:
         """Up to ``limit`` bytes as soon as some are there (``-1``: the whole rest of the
         body); ``b""`` at its end."""
         if limit < 0:
+            if self.complete:  # all there: no wait
+                data = b"".join(self._buffer)
+                self._buffer.clear()
+                self._size = 0
+                return data
             parts: list[bytes] = []
             while True:
                 await self._wait()
@@ -147,6 +152,10 @@ class BodyReader:
 
     async def readexactly(self, size: int) -> bytes:
         """``size`` bytes; raises :class:`asyncio.IncompleteReadError` if the body ends first."""
+        buffer = self._buffer
+        if self._size == size and len(buffer) == 1:  # a small body that came in one piece
+            self._size = 0
+            return buffer.popleft()
         parts: list[bytes] = []
         got = 0
         while got < size:

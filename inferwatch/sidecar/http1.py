@@ -59,11 +59,8 @@ class BadRequest(Exception):
 
 def header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> CIMultiDictProxy[str]:
     """Raw header fields as a case-insensitive multidict (latin-1: every byte kept)."""
-    return CIMultiDictProxy(
-        CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers
-        )
-    )
+    fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers]
+    return CIMultiDictProxy(CIMultiDict(fields))
 
 
 class Request:
@@ -78,6 +75,7 @@ class Request:
         "raw_headers",
         "should_close",
         "target",
+        "transfer_encoding",
         "version",
     )
 
@@ -88,6 +86,7 @@ class Request:
         version: tuple[int, int],
         raw_headers: list[tuple[bytes, bytes]],
         content_length: int | None,
+        transfer_encoding: bool,
         should_close: bool,
         payload: BodyReader,
         conn: Connection,
@@ -97,6 +96,7 @@ class Request:
         self.version = version
         self.raw_headers: Sequence[tuple[bytes, bytes]] = raw_headers
         self.content_length = content_length
+        self.transfer_encoding = transfer_encoding  # it has a Transfer-Encoding header
         self.should_close = should_close
         self.payload = payload
         self.conn = conn
@@ -144,6 +144,7 @@ class Connection(FlowControl):
         self._in_trailers = False
         self._length: int | None = None
         self._has_body = False
+        self._has_transfer_encoding = False
         self._has_host = False
         self._body: BodyReader | None = None  # receiving its bytes
         # Set per response:
@@ -238,6 +239,7 @@ class Connection(FlowControl):
         self._in_trailers = False
         self._length = None
         self._has_body = False
+        self._has_transfer_encoding = False
         self._has_host = False
 
     def on_url(self, url: bytes) -> None:
@@ -260,7 +262,7 @@ class Connection(FlowControl):
                 self._length = int(value)  # llhttp checked its digits (and any repeat)
                 self._has_body = self._length > 0
             elif lname == b"transfer-encoding":
-                self._has_body = True
+                self._has_body = self._has_transfer_encoding = True
             elif lname == b"host":
                 if self._has_host:
                     raise BadRequest("two Host header fields")
@@ -282,6 +284,7 @@ class Connection(FlowControl):
                 _VERSIONS.get(parser.get_http_version(), (1, 1)),
                 headers,
                 self._length,
+                self._has_transfer_encoding,
                 not parser.should_keep_alive() or parser.should_upgrade(),
                 body,
                 self,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
@@ -51,7 +51,6 @@ from inferwatch.sidecar.protocols import (
     answer_from_json,
 )
 from inferwatch.sidecar.upstream import (
-    HOP_BY_HOP,
     Answer,
     UpstreamError,
     UpstreamPool,
@@ -63,9 +62,6 @@ log = logging.getLogger(__name__)
 # Responses up to this size with a Content-Length are read whole, then written in one go.
 BUFFER_RESPONSE_BYTES = 256 * 1024
 STREAM_CHUNK_BYTES = 64 * 1024
-# The upstream's framing headers: the proxy frames the answer itself.
-_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
-_DROP_FROM_RESPONSE = HOP_BY_HOP | _FRAMING
 _TEXT = ((b"Content-Type", b"text/plain; charset=utf-8"),)
 
 
@@ -116,28 +112,12 @@ async def _read_prefix(content: BodyReader, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _response_headers(raw_headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's end-to-end headers, as sent (names, case, order)."""
-    connection_tokens: frozenset[bytes] = frozenset()
-    kept = []
-    for name, value in raw_headers:
-        lname = name.lower()
-        if lname in _DROP_FROM_RESPONSE:
-            if lname == b"connection":
-                connection_tokens |= frozenset(t.strip().lower() for t in value.split(b","))
-            continue
-        kept.append((name, value))
-    if connection_tokens:
-        kept = [(n, v) for n, v in kept if n.lower() not in connection_tokens]
-    return kept
-
-
 def _refusal(request: Request) -> tuple[int, bytes] | None:
     """The answer (status, body) to a request that must not be forwarded, else ``None``."""
     if request.target[:1] != "/" or request.method == "CONNECT":
         # Absolute-form and authority-form targets would make us an open forward proxy.
         return 400, error_body("only origin-form requests are proxied", ERR_BAD_REQUEST)
-    if "Transfer-Encoding" in request.headers and _codings(request.headers) != ["chunked"]:
+    if request.transfer_encoding and _codings(request.headers) != ["chunked"]:
         # RFC 9112 6.1: the sidecar removes chunked framing only; forwarding a body still in
         # another coding (gzip, chunked) as if it were plain would change the request.
         message = "transfer codings other than chunked are not supported"
@@ -341,7 +321,7 @@ class ProxyHandler:
         """Write the upstream's answer to the client; its status decides the outcome."""
         conn = request.conn
         status = message.code
-        headers = _response_headers(message.raw_headers)
+        headers = list(message.raw_headers)
         length = None if message.chunked else message.length
         head_only = request.method == "HEAD" or status in (204, 304)
         if head_only and message.length is not None:

@@ -44,10 +44,13 @@ HOP_BY_HOP = frozenset(
         b"expect",  # the sidecar answers 100-continue itself, before reading the body
     )
 )
+_NOT_END_TO_END = HOP_BY_HOP | {b"content-length"}
+_CONNECTION_OPTIONS = HOP_BY_HOP | {b"close"}
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _HOST = b"host"
+_REQUEST_SPECIAL = HOP_BY_HOP | {_XFF, _XFP, _XFH, _HOST}
 WRITE_BUFFER_HIGH = 256 * 1024  # wait for the upstream to read before writing more body
 
 
@@ -64,7 +67,8 @@ class BadAnswer(UpstreamError):
 
 
 class Answer:
-    """The head of the upstream's answer."""
+    """The head of the upstream's answer: its status, and its end-to-end header fields as
+    sent (names, case, order); its framing is in ``length`` and ``chunked``."""
 
     __slots__ = ("_headers", "chunked", "code", "length", "raw_headers", "reason")
 
@@ -111,7 +115,9 @@ class UpstreamConnection(FlowControl):
         self._timer: asyncio.TimerHandle | None = None
         # The answer being parsed:
         self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] = []  # its end-to-end fields
+        self._count = 0
+        self._connection: set[bytes] = set()  # the Connection header's tokens
         self._length: int | None = None
         self._chunked = False
         self._interim = False  # a 1xx answer: the real one follows
@@ -219,6 +225,8 @@ class UpstreamConnection(FlowControl):
     def on_message_begin(self) -> None:
         self._reason = b""
         self._headers = []
+        self._count = 0
+        self._connection = set()
         self._length = None
         self._chunked = False
 
@@ -226,13 +234,20 @@ class UpstreamConnection(FlowControl):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > MAX_LINE or len(self._headers) >= MAX_HEADERS:
+        """Keeps the end-to-end fields; the framing ones are this connection's business (the
+        body it delivers is decoded), and hop-by-hop ones are never forwarded."""
+        self._count += 1
+        if len(value) > MAX_LINE or self._count > MAX_HEADERS:
             raise BadAnswer("a header of the answer over the limits")
-        self._headers.append((name, value))
-        if len(name) == 14 and name.lower() == b"content-length":
+        lname = name.lower()
+        if lname not in _NOT_END_TO_END:
+            self._headers.append((name, value))
+        elif lname == b"content-length":
             self._length = int(value)
-        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+        elif lname == b"transfer-encoding":
             self._chunked = value.lower().rstrip().endswith(b"chunked")
+        elif lname == b"connection":
+            self._connection |= {t.strip().lower() for t in value.split(b",")}
 
     def on_headers_complete(self) -> None:
         code = self._parser.get_status_code()
@@ -253,9 +268,10 @@ class UpstreamConnection(FlowControl):
         self._until_close = has_body and not framed
         if not framed and not head_only:
             self.should_close = True
-        head = Answer(
-            code, self._reason.decode("latin-1"), self._headers, self._length, self._chunked
-        )
+        headers = self._headers
+        if self._connection - _CONNECTION_OPTIONS:  # fields it names are hop-by-hop too
+            headers = [(n, v) for n, v in headers if n.lower() not in self._connection]
+        head = Answer(code, self._reason.decode("latin-1"), headers, self._length, self._chunked)
         self._parsed = (head, body)
         if self._head_only:
             # llhttp would wait for the body its Content-Length announces; stop here.
@@ -301,6 +317,9 @@ def request_head(
     append = lines.append
     for name, value in raw_headers:
         lname = name.lower()
+        if lname not in _REQUEST_SPECIAL:
+            append(name + b": " + value + b"\r\n")
+            continue
         if lname in HOP_BY_HOP:
             if lname == b"connection":
                 connection_tokens |= frozenset(
