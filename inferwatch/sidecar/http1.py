@@ -1,11 +1,11 @@
-"""The proxy port's HTTP/1.1 server: a lean protocol around aiohttp's request parser.
+"""The proxy port's HTTP/1.1 server: a lean protocol around httptools' request parser.
 
 aiohttp's web server builds a request object, a task, a response object and a header map
 per request; for a proxy whose response is the upstream's, most of that is spent only to be
-thrown away (it alone used about 0.09 CPU seconds per 1,000 requests here at 1,000 req/s).
-This server parses with the same llhttp parser and flow control as aiohttp, hands the
-handler a small :class:`Request`, and writes the status line, the upstream's headers as they
-came (names, case and order kept) and the body straight to the socket.
+thrown away. This server parses with httptools (llhttp, the parser of Node.js, aiohttp and
+uvicorn) through its callbacks, hands the handler a small :class:`Request` whose body is a
+:class:`~inferwatch.sidecar.body.BodyReader`, and writes the status line, the upstream's
+headers as they came (names, case and order kept) and the body straight to the socket.
 
 Keep-alive, pipelining (answered in order), ``Expect: 100-continue``, HEAD, HTTP/1.0 clients,
 chunked bodies both ways, client disconnects (the handler is cancelled, as the upstream
@@ -19,21 +19,24 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import HttpRequestParser
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from inferwatch.sidecar.body import EMPTY_BODY, BodyReader, FlowControl
 
 log = logging.getLogger(__name__)
 
-READ_BUFFER = 64 * 1024
 WRITE_BUFFER_HIGH = 256 * 1024  # wait for the client to read before writing more
 KEEPALIVE_TIMEOUT = 75.0  # idle keep-alive connections are closed after this (nginx's default)
 MAX_PIPELINED = 128  # requests queued on one connection before we stop reading it
+MAX_LINE = 8190  # longest request target, and longest header line (aiohttp's and nginx's 8k)
+MAX_HEADERS = 128  # most header fields in one request
 _NO_BODY_STATUS = frozenset((204, 304))
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+_NOT_IN_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host"))
+_FRAMING_LENGTHS = frozenset(len(name) for name in _NOT_IN_TRAILERS)
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -50,28 +53,65 @@ class RequestPayloadError(Exception):
     """The client's request body was malformed or cut short."""
 
 
+class BadRequest(Exception):
+    """A request head over the limits (raised from a parser callback)."""
+
+
+def header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> CIMultiDictProxy[str]:
+    """Raw header fields as a case-insensitive multidict (latin-1: every byte kept)."""
+    fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers]
+    return CIMultiDictProxy(CIMultiDict(fields))
+
+
 class Request:
-    """One parsed request; its body is ``payload`` (an aiohttp StreamReader)."""
+    """One parsed request; its body is ``payload``."""
 
-    __slots__ = ("conn", "headers", "method", "payload", "raw_headers", "target", "version")
+    __slots__ = (
+        "_headers",
+        "conn",
+        "content_length",
+        "method",
+        "payload",
+        "raw_headers",
+        "should_close",
+        "target",
+        "transfer_encoding",
+        "version",
+    )
 
-    def __init__(self, message: Any, payload: StreamReader, conn: Connection) -> None:
-        self.method: str = message.method
-        self.target: str = message.path  # as sent: path and query, percent-encoding kept
-        self.version: tuple[int, int] = (message.version[0], message.version[1])
-        self.headers: Any = message.headers  # CIMultiDictProxy[str]
-        self.raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        version: tuple[int, int],
+        raw_headers: list[tuple[bytes, bytes]],
+        content_length: int | None,
+        transfer_encoding: bool,
+        should_close: bool,
+        payload: BodyReader,
+        conn: Connection,
+    ) -> None:
+        self.method = method
+        self.target = target  # as sent: path and query, percent-encoding kept
+        self.version = version
+        self.raw_headers: Sequence[tuple[bytes, bytes]] = raw_headers
+        self.content_length = content_length
+        self.transfer_encoding = transfer_encoding  # it has a Transfer-Encoding header
+        self.should_close = should_close
         self.payload = payload
         self.conn = conn
+        self._headers: CIMultiDictProxy[str] | None = None
 
     @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        return None if value is None else int(value)
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The header fields by name, made on first use (the hot path reads raw ones)."""
+        if self._headers is None:
+            self._headers = header_map(self.raw_headers)
+        return self._headers
 
     @property
     def body_exists(self) -> bool:
-        return self.payload is not EMPTY_PAYLOAD
+        return self.payload is not EMPTY_BODY
 
     @property
     def remote(self) -> str:
@@ -81,31 +121,32 @@ class Request:
 Handler = Callable[[Request], Awaitable[None]]
 
 
-class Connection(BaseProtocol):
+class Connection(FlowControl):
     """One client connection: requests are handled one after another, in order."""
 
     def __init__(self, server: HTTP1Server) -> None:
-        loop = server.loop
-        parser = HttpRequestParser(
-            self,
-            loop,
-            READ_BUFFER,
-            max_line_size=8190,
-            max_field_size=8190,
-            payload_exception=RequestPayloadError,
-            auto_decompress=False,  # bodies are forwarded byte for byte
-        )
-        super().__init__(loop, parser)
+        super().__init__(server.loop)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.server = server
         self.peer = ""
-        self._queue: deque[tuple[Any, StreamReader]] = deque()
+        self._queue: deque[Request] = deque()
+        self._parsed: list[Request] = []  # by the read being parsed
         self._task: asyncio.Task[None] | None = None
         self.idle_since: float | None = None  # loop time it became idle; None while busy
         self._closing = False
         self._last_request = False  # no requests after the queued ones (upgrade, flood)
-        self._payload: StreamReader | None = None
+        self._payload: BodyReader | None = None  # of the request being handled
         self.last_read = 0.0  # loop time of the last bytes from the client
         self._reject_after: str | None = None  # a malformed request behind the one in flight
+        # The request being parsed:
+        self._target = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_trailers = False
+        self._length: int | None = None
+        self._has_body = False
+        self._has_transfer_encoding = False
+        self._has_host = False
+        self._body: BodyReader | None = None  # receiving its bytes
         # Set per response:
         self.keep_alive = True
         self.started = False
@@ -128,16 +169,12 @@ class Connection(BaseProtocol):
         self.server.connections.discard(self)
         self._closing = True
         self._cancel_idle_timer()
-        parser, self._parser = self._parser, None
-        if parser is not None:
-            with contextlib.suppress(Exception):  # a cut body: its reader gets the error below
-                parser.feed_eof()
+        self._parser = None
         reset = ConnectionResetError("the client closed the connection")
-        if self._payload is not None and not self._payload.is_eof():
-            self._payload.set_exception(reset)
-        for _, payload in self._queue:
-            if payload is not EMPTY_PAYLOAD:
-                payload.set_exception(reset)
+        if self._body is not None:
+            self._body.set_exception(reset)  # a body cut short
+        for request in self._queue:
+            request.payload.set_exception(reset)
         self._queue.clear()
         if self._task is not None:
             self._task.cancel()  # the handler stops waiting for an answer nobody will read
@@ -148,28 +185,120 @@ class Connection(BaseProtocol):
             return
         self.last_read = self._loop.time()
         try:
-            messages, upgraded, _ = parser.feed_data(data)
-        except HttpProcessingError as exc:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._parser = None
+            self._queue_parsed()
+            self._last_request = True  # answer it (without the upgrade), then close
+            return
+        except (httptools.HttpParserError, BadRequest) as exc:
+            self._parser = None
+            self._drop_broken(exc)
+            self._queue_parsed()
             if self._last_request:
                 return  # bytes after the last request this connection answers: ignored
-            if self._task is not None:
-                # Answer the requests before it first (RFC 9112 9.3.2: in order), then this.
-                self._last_request = True
-                self._reject_after = f"bad request: {exc.message}"
-                return
-            self._reject(f"bad request: {exc.message}")
+            self._last_request = True
+            self._reject_after = f"bad request: {exc}"
+            if self._task is None and not self._queue:
+                self._reject(self._reject_after)
             return
-        if messages and not self._last_request:
-            self._cancel_idle_timer()
-            self._queue.extend(messages)
-            if (
-                upgraded
-                or len(self._queue) > MAX_PIPELINED
-                or any(message.should_close for message, _ in messages)
-            ):
-                self._last_request = True  # answer these, then close (RFC 9112 9.6)
-            if self._task is None:
-                self._task = self._loop.create_task(self._serve())
+        self._queue_parsed()
+
+    def _drop_broken(self, exc: BaseException) -> None:
+        """The request whose body broke the parse: never forwarded if it has not started."""
+        broken, self._body = self._body, None
+        if broken is None:
+            return
+        broken.set_exception(RequestPayloadError(str(exc)))
+        parsed = self._parsed
+        if parsed and parsed[-1].payload is broken:
+            parsed.pop()
+
+    def _queue_parsed(self) -> None:
+        """The requests of one read join the queue once the whole read has parsed, so a
+        request that turns out malformed later in the read is never forwarded."""
+        parsed = self._parsed
+        if not parsed:
+            return
+        self._parsed = []
+        if self._last_request:
+            return
+        queue = self._queue
+        queue.extend(parsed)
+        if len(queue) > MAX_PIPELINED or any(request.should_close for request in parsed):
+            self._last_request = True  # answer these, then close (RFC 9112 9.6)
+        self._cancel_idle_timer()
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve())
+
+    # --- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._target = b""
+        self._headers = []
+        self._in_trailers = False
+        self._length = None
+        self._has_body = False
+        self._has_transfer_encoding = False
+        self._has_host = False
+
+    def on_url(self, url: bytes) -> None:
+        self._target += url
+        if len(self._target) > MAX_LINE:
+            raise BadRequest(f"request target over {MAX_LINE} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_LINE:
+            raise BadRequest(f"header line over {MAX_LINE} bytes")
+        headers = self._headers
+        if len(headers) >= MAX_HEADERS:
+            raise BadRequest(f"over {MAX_HEADERS} header fields")
+        headers.append((name, value))
+        if len(name) in _FRAMING_LENGTHS:
+            lname = name.lower()
+            if self._in_trailers and lname in _NOT_IN_TRAILERS:
+                raise BadRequest(f"{name!r} in a trailer")
+            if lname == b"content-length":
+                self._length = int(value)  # llhttp checked its digits (and any repeat)
+                self._has_body = self._length > 0
+            elif lname == b"transfer-encoding":
+                self._has_body = self._has_transfer_encoding = True
+            elif lname == b"host":
+                if self._has_host:
+                    raise BadRequest("two Host header fields")
+                self._has_host = True
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        body = BodyReader(self) if self._has_body else EMPTY_BODY
+        self._body = body if self._has_body else None
+        self._in_trailers = True  # header fields from now on are the body's trailers
+        headers, self._headers = self._headers, []
+        if self._last_request:
+            return  # parsed only to find where it ends
+        self._parsed.append(
+            Request(
+                parser.get_method().decode("latin-1"),
+                self._target.decode("latin-1"),
+                _VERSIONS.get(parser.get_http_version(), (1, 1)),
+                headers,
+                self._length,
+                self._has_transfer_encoding,
+                not parser.should_keep_alive() or parser.should_upgrade(),
+                body,
+                self,
+            )
+        )
+
+    def on_body(self, data: bytes) -> None:
+        if self._body is not None:
+            self._body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self._body is not None:
+            self._body.feed_eof()
+            self._body = None
 
     # --- request loop --------------------------------------------------------------------------
 
@@ -178,11 +307,10 @@ class Connection(BaseProtocol):
         handler = self.server.handler
         try:
             while queue and not self._closing:
-                message, payload = queue.popleft()
-                self._payload = payload
-                self.keep_alive = not message.should_close and not message.upgrade
+                request = queue.popleft()
+                payload = self._payload = request.payload
+                self.keep_alive = not request.should_close
                 self.started = self.finished = False
-                request = Request(message, payload, self)
                 try:
                     await handler(request)
                 except asyncio.CancelledError:
@@ -199,7 +327,7 @@ class Connection(BaseProtocol):
                             await self.send_json(
                                 request, 500, b'{"error":"internal error","reason":"bug"}'
                             )
-                if not self.finished or not payload.is_eof():
+                if not self.finished or not payload.complete:
                     # A half-written answer, or a body nobody read: the connection's state is
                     # unknown, so it cannot carry another request.
                     self._close()
@@ -239,8 +367,8 @@ class Connection(BaseProtocol):
         payload = self._payload
         return (
             payload is not None
-            and not payload.is_eof()
-            and not self._reading_paused
+            and not payload.complete
+            and not self.reading_paused
             and self.last_read < cutoff
         )
 
@@ -323,7 +451,7 @@ class Connection(BaseProtocol):
         transport.write(head if self._head_only else head + body)
         self.finished = True
         if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-            await self._drain_helper()
+            await self.drain()
 
     async def send_json(
         self,
@@ -369,7 +497,7 @@ class Connection(BaseProtocol):
         else:
             transport.write(chunk)
         if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-            await self._drain_helper()
+            await self.drain()
 
     def end(self) -> None:
         """Finish a streamed answer."""

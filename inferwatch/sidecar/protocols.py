@@ -168,7 +168,7 @@ def _load_json(body: bytes) -> Any:
         if body.lstrip(_JSON_WS)[:1] not in (b"{", b"["):
             return None
     try:
-        return json.loads(body)
+        return json.loads(body.decode())  # RFC 8259 8.1: JSON between systems is UTF-8
     except (ValueError, RecursionError):
         return None
 

@@ -25,11 +25,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
-from aiohttp import ClientError, StreamReader
-from aiohttp.http_exceptions import HttpProcessingError
-
 from inferwatch import schema
 from inferwatch.sidecar.admission import Admission, admit
+from inferwatch.sidecar.body import BodyReader
 from inferwatch.sidecar.config import SidecarConfig
 from inferwatch.sidecar.errors import (
     ERR_BAD_REQUEST,
@@ -52,16 +50,18 @@ from inferwatch.sidecar.protocols import (
     SSEStreamScanner,
     answer_from_json,
 )
-from inferwatch.sidecar.upstream import HOP_BY_HOP, UpstreamPool, request_head
+from inferwatch.sidecar.upstream import (
+    Answer,
+    UpstreamError,
+    UpstreamPool,
+    request_head,
+)
 
 log = logging.getLogger(__name__)
 
 # Responses up to this size with a Content-Length are read whole, then written in one go.
 BUFFER_RESPONSE_BYTES = 256 * 1024
 STREAM_CHUNK_BYTES = 64 * 1024
-# The upstream's framing headers: the proxy frames the answer itself.
-_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
-_DROP_FROM_RESPONSE = HOP_BY_HOP | _FRAMING
 _TEXT = ((b"Content-Type", b"text/plain; charset=utf-8"),)
 
 
@@ -80,7 +80,7 @@ class StreamedBody:
 
     __slots__ = ("_content", "_limit", "_prefix", "too_large")
 
-    def __init__(self, content: StreamReader, prefix: bytes, limit: int) -> None:
+    def __init__(self, content: BodyReader, prefix: bytes, limit: int) -> None:
         self._content = content
         self._prefix = prefix
         self._limit = limit
@@ -91,7 +91,7 @@ class StreamedBody:
         if self._prefix:
             yield self._prefix
         limit = self._limit
-        async for chunk in self._content.iter_chunked(STREAM_CHUNK_BYTES):
+        async for chunk in self._content.chunks(STREAM_CHUNK_BYTES):
             sent += len(chunk)
             if limit and sent > limit:
                 self.too_large = True
@@ -99,7 +99,7 @@ class StreamedBody:
             yield chunk
 
 
-async def _read_prefix(content: StreamReader, size: int) -> bytes:
+async def _read_prefix(content: BodyReader, size: int) -> bytes:
     """Up to ``size`` bytes from the start of the body (less only at its end)."""
     parts: list[bytes] = []
     got = 0
@@ -112,28 +112,12 @@ async def _read_prefix(content: StreamReader, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _response_headers(raw_headers: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
-    """The upstream's end-to-end headers, as sent (names, case, order)."""
-    connection_tokens: frozenset[bytes] = frozenset()
-    kept = []
-    for name, value in raw_headers:
-        lname = name.lower()
-        if lname in _DROP_FROM_RESPONSE:
-            if lname == b"connection":
-                connection_tokens |= frozenset(t.strip().lower() for t in value.split(b","))
-            continue
-        kept.append((name, value))
-    if connection_tokens:
-        kept = [(n, v) for n, v in kept if n.lower() not in connection_tokens]
-    return kept
-
-
 def _refusal(request: Request) -> tuple[int, bytes] | None:
     """The answer (status, body) to a request that must not be forwarded, else ``None``."""
     if request.target[:1] != "/" or request.method == "CONNECT":
         # Absolute-form and authority-form targets would make us an open forward proxy.
         return 400, error_body("only origin-form requests are proxied", ERR_BAD_REQUEST)
-    if "Transfer-Encoding" in request.headers and _codings(request.headers) != ["chunked"]:
+    if request.transfer_encoding and _codings(request.headers) != ["chunked"]:
         # RFC 9112 6.1: the sidecar removes chunked framing only; forwarding a body still in
         # another coding (gzip, chunked) as if it were plain would change the request.
         message = "transfer codings other than chunked are not supported"
@@ -331,18 +315,17 @@ class ProxyHandler:
         request: Request,
         info: RequestInfo,
         exchange: Exchange,
-        message: Any,
-        payload: StreamReader,
+        message: Answer,
+        payload: BodyReader,
     ) -> None:
         """Write the upstream's answer to the client; its status decides the outcome."""
         conn = request.conn
-        status: int = message.code
-        headers = _response_headers(message.raw_headers)
-        length_header = message.headers.get("Content-Length")
-        length = int(length_header) if length_header is not None and not message.chunked else None
+        status = message.code
+        headers = list(message.raw_headers)
+        length = None if message.chunked else message.length
         head_only = request.method == "HEAD" or status in (204, 304)
-        if head_only and length_header is not None:
-            headers.append((b"Content-Length", length_header.encode()))
+        if head_only and message.length is not None:
+            headers.append((b"Content-Length", b"%d" % message.length))
         scanner: SSEStreamScanner | None = None
         try:
             if head_only:
@@ -365,7 +348,7 @@ class ProxyHandler:
             _report_generation(exchange, scanner)
             exchange.failed(schema.REASON_CANCELLED)
             raise ClientGone from exc
-        except (ClientError, HttpProcessingError, asyncio.TimeoutError) as exc:
+        except (UpstreamError, asyncio.TimeoutError) as exc:
             # The upstream failed mid-answer.
             if not conn.started:
                 await self._answer_failure(request, exchange, exc)
@@ -387,8 +370,8 @@ class ProxyHandler:
     async def _stream(
         request: Request,
         exchange: Exchange,
-        message: Any,
-        payload: StreamReader,
+        message: Answer,
+        payload: BodyReader,
         headers: list[tuple[bytes, bytes]],
         length: int | None,
         scanner: SSEStreamScanner | None,
@@ -400,14 +383,14 @@ class ProxyHandler:
         conn.start(request, message.code, message.reason, headers, length)
         first_chunk = True
         if scanner is None:
-            async for chunk in payload.iter_any():
+            async for chunk in payload.chunks():
                 if first_chunk:
                     first_chunk = False
                     if length is None:
                         exchange.first_byte()
                 await conn.write(chunk)
         else:
-            async for chunk in payload.iter_any():
+            async for chunk in payload.chunks():
                 at = perf_counter()
                 if first_chunk:
                     first_chunk = False
@@ -419,7 +402,7 @@ class ProxyHandler:
         conn.end()
 
 
-def _is_sse(info: RequestInfo, message: Any) -> bool:
+def _is_sse(info: RequestInfo, message: Answer) -> bool:
     """An OpenAI-compatible answer streamed as server-sent events (``stream`` unread)."""
     if info.protocol != "openai":
         return False

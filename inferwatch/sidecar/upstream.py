@@ -3,9 +3,10 @@
 aiohttp's ``ClientSession.request`` builds a URL, a request object, header maps, cookies,
 tracing and timer contexts for every call: about half the CPU of a proxied request. The
 sidecar talks to a single origin with headers that a parser already validated, so it writes
-the request head as bytes onto a pooled connection and lets aiohttp's own response protocol
-(the C llhttp parser, flow control and read timeout that ``ClientSession`` uses underneath)
-parse the answer.
+the request head as bytes onto a pooled connection and parses the answer with httptools'
+response parser (llhttp) through its callbacks: the head is delivered once parsed, the body
+through a :class:`~inferwatch.sidecar.body.BodyReader`, and a read timeout runs between the
+upstream's bytes.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable
-from typing import Any
+from collections.abc import AsyncIterable, Sequence
 from urllib.parse import urlsplit
 
-from aiohttp import ServerDisconnectedError
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.streams import StreamReader
+import httptools
+from multidict import CIMultiDictProxy
 
+from inferwatch.sidecar.body import EMPTY_BODY, BodyReader, FlowControl
 from inferwatch.sidecar.errors import ConnectFailed
+from inferwatch.sidecar.http1 import MAX_HEADERS, MAX_LINE, header_map
 
 # Headers a client's Connection header may not remove: the message's own framing and target.
 # (Naming Content-Length there would otherwise strip the length the body is framed with, and
@@ -43,21 +44,261 @@ HOP_BY_HOP = frozenset(
         b"expect",  # the sidecar answers 100-continue itself, before reading the body
     )
 )
+_NOT_END_TO_END = HOP_BY_HOP | {b"content-length"}
+_CONNECTION_OPTIONS = HOP_BY_HOP | {b"close"}
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _HOST = b"host"
+_REQUEST_SPECIAL = HOP_BY_HOP | {_XFF, _XFP, _XFH, _HOST}
 WRITE_BUFFER_HIGH = 256 * 1024  # wait for the upstream to read before writing more body
 
 
-class BadAnswer(Exception):
+class UpstreamError(Exception):
+    """The upstream connection failed: closed, or an answer no HTTP/1.1 server may send."""
+
+
+class UpstreamClosed(UpstreamError):
+    """The upstream closed the connection before its answer was whole."""
+
+
+class BadAnswer(UpstreamError):
     """The upstream answered with something no HTTP/1.1 server may send here."""
+
+
+class Answer:
+    """The head of the upstream's answer: its status, and its end-to-end header fields as
+    sent (names, case, order); its framing is in ``length`` and ``chunked``."""
+
+    __slots__ = ("_headers", "chunked", "code", "length", "raw_headers", "reason")
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        chunked: bool,
+    ) -> None:
+        self.code = code
+        self.reason = reason
+        self.raw_headers = raw_headers
+        self.length = length  # its Content-Length, if it has one
+        self.chunked = chunked
+        self._headers: CIMultiDictProxy[str] | None = None
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        if self._headers is None:
+            self._headers = header_map(self.raw_headers)
+        return self._headers
+
+
+class _HeadDone(Exception):
+    """Raised from the parser's callback to stop at the head of an answer to HEAD."""
+
+
+class UpstreamConnection(FlowControl):
+    """One connection to the upstream, carrying one request at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
+        super().__init__(loop)
+        self._parser = httptools.HttpResponseParser(self)
+        self.read_timeout = read_timeout
+        self.should_close = False  # not to be used again
+        self._answer: asyncio.Future[tuple[Answer, BodyReader]] | None = None
+        self._parsed: tuple[Answer, BodyReader] | None = None  # delivered once the read is
+        self._body: BodyReader | None = None  # receiving its bytes
+        self._head_only = False
+        self._until_close = False  # the answer's body ends when the upstream closes
+        self._last_data = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        # The answer being parsed:
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []  # its end-to-end fields
+        self._count = 0
+        self._connection: set[bytes] = set()  # the Connection header's tokens
+        self._length: int | None = None
+        self._chunked = False
+        self._interim = False  # a 1xx answer: the real one follows
+        self._unsolicited = False  # an answer to no request
+
+    def is_connected(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        self.should_close = True
+        self._stop_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- one exchange ------------------------------------------------------------------------
+
+    def expect(self, head_only: bool) -> asyncio.Future[tuple[Answer, BodyReader]]:
+        """Get ready for the answer to a request about to be written."""
+        self._head_only = head_only
+        self._answer = answer = self._loop.create_future()
+        self._parsed = None
+        self._body = None
+        return answer
+
+    def start_timer(self) -> None:
+        """The request is written: the upstream has ``read_timeout`` seconds between bytes."""
+        if self._answer is not None or self._body is not None:
+            self._last_data = self._loop.time()
+            self._timer = self._loop.call_at(
+                self._last_data + self.read_timeout, self._check_timeout
+            )
+
+    def _check_timeout(self) -> None:
+        """No byte from the upstream for ``read_timeout`` seconds: the exchange times out
+        (not while the proxy itself stopped reading, waiting for a slow client)."""
+        self._timer = None
+        now = self._loop.time()
+        if self.reading_paused:
+            self._last_data = now
+        deadline = self._last_data + self.read_timeout
+        if now < deadline:
+            self._timer = self._loop.call_at(deadline, self._check_timeout)
+            return
+        self._fail(asyncio.TimeoutError())
+        self.close()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, exc: BaseException) -> None:
+        self.should_close = True
+        answer = self._answer
+        if answer is not None and not answer.done():
+            self._answer = self._parsed = None
+            answer.set_exception(exc)
+        elif self._body is not None:
+            self._body.set_exception(exc)
+            self._body = None
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.should_close = True
+        self._stop_timer()
+        if self._body is not None and self._until_close:
+            self._body.feed_eof()  # the answer had no framing: the close ends it
+            self._body = None
+        self._fail(UpstreamClosed("the upstream closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        """Parses the whole read before the answer is handed over, so an answer that breaks
+        later in the same read fails cleanly (502) rather than after its head went out."""
+        self._last_data = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            self.should_close = True  # the parser stopped mid-stream: never reuse it
+            if isinstance(exc.__context__, _HeadDone):
+                self._deliver()
+            else:
+                self._fail(BadAnswer(str(exc)))
+                self.close()
+        except httptools.HttpParserUpgrade:
+            # The sidecar forwards no Upgrade header, so nothing was asked to switch.
+            self._fail(BadAnswer("101 Switching Protocols to a request that asked for none"))
+            self.close()
+        except httptools.HttpParserError as exc:
+            self._fail(BadAnswer(f"malformed answer: {exc}"))
+            self.close()
+        else:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        parsed, self._parsed = self._parsed, None
+        if parsed is not None:
+            answer, self._answer = self._answer, None
+            if answer is not None and not answer.done():
+                answer.set_result(parsed)
+
+    # --- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+        self._count = 0
+        self._connection = set()
+        self._length = None
+        self._chunked = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Keeps the end-to-end fields; the framing ones are this connection's business (the
+        body it delivers is decoded), and hop-by-hop ones are never forwarded."""
+        self._count += 1
+        if len(value) > MAX_LINE or self._count > MAX_HEADERS:
+            raise BadAnswer("a header of the answer over the limits")
+        lname = name.lower()
+        if lname not in _NOT_END_TO_END:
+            self._headers.append((name, value))
+        elif lname == b"content-length":
+            self._length = int(value)
+        elif lname == b"transfer-encoding":
+            self._chunked = value.lower().rstrip().endswith(b"chunked")
+        elif lname == b"connection":
+            self._connection |= {t.strip().lower() for t in value.split(b",")}
+
+    def on_headers_complete(self) -> None:
+        code = self._parser.get_status_code()
+        self._interim = 100 <= code < 200 and code != 101
+        if self._interim:  # 100 Continue, 103 Early Hints: the answer follows
+            return
+        if self._answer is None or self._parsed is not None:
+            # An answer to no request (a second one in the read, or one on an idle
+            # connection): skipped, and the connection is not used again.
+            self._unsolicited = True
+            self.should_close = True
+            return
+        head_only = self._head_only or code in (204, 304)
+        framed = self._chunked or self._length is not None
+        has_body = not head_only and (self._chunked or bool(self._length) or not framed)
+        body = BodyReader(self) if has_body else EMPTY_BODY
+        self._body = body if has_body else None
+        self._until_close = has_body and not framed
+        if not framed and not head_only:
+            self.should_close = True
+        headers = self._headers
+        if self._connection - _CONNECTION_OPTIONS:  # fields it names are hop-by-hop too
+            headers = [(n, v) for n, v in headers if n.lower() not in self._connection]
+        head = Answer(code, self._reason.decode("latin-1"), headers, self._length, self._chunked)
+        self._parsed = (head, body)
+        if self._head_only:
+            # llhttp would wait for the body its Content-Length announces; stop here.
+            self._stop_timer()
+            self.should_close = True
+            raise _HeadDone
+
+    def on_body(self, data: bytes) -> None:
+        if self._body is not None:
+            self._body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self._interim or self._unsolicited:
+            self._interim = self._unsolicited = False
+            return
+        self._stop_timer()
+        if not self._parser.should_keep_alive():
+            self.should_close = True
+        if self._body is not None:
+            self._body.feed_eof()
+            self._body = None
 
 
 def request_head(
     method: str,
     target: str,
-    raw_headers: tuple[tuple[bytes, bytes], ...],
+    raw_headers: Sequence[tuple[bytes, bytes]],
     peer: str,
     scheme: str,
     chunked: bool,
@@ -76,6 +317,9 @@ def request_head(
     append = lines.append
     for name, value in raw_headers:
         lname = name.lower()
+        if lname not in _REQUEST_SPECIAL:
+            append(name + b": " + value + b"\r\n")
+            continue
         if lname in HOP_BY_HOP:
             if lname == b"connection":
                 connection_tokens |= frozenset(
@@ -137,32 +381,33 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle = max_idle
-        self._idle: deque[ResponseHandler] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: deque[UpstreamConnection] = deque()
         self.opened = 0  # connections opened, for tests and debugging
 
-    async def _connect(self) -> ResponseHandler:
-        loop = self._loop or asyncio.get_running_loop()
-        self._loop = loop
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
         try:
-            _, proto = await asyncio.wait_for(
+            _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: ResponseHandler(loop), self.host, self.port, ssl=self.ssl
+                    lambda: UpstreamConnection(loop, self.read_timeout),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
                 ),
                 self.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
             raise ConnectFailed(f"{self.host}:{self.port}: {exc or type(exc).__name__}") from exc
         self.opened += 1
-        return proto
+        return conn
 
-    def _idle_connection(self) -> ResponseHandler | None:
+    def _idle_connection(self) -> UpstreamConnection | None:
         idle = self._idle
         while idle:
-            proto = idle.pop()
-            if proto.is_connected() and not proto.should_close:
-                return proto
-            proto.close()
+            conn = idle.pop()
+            if conn.is_connected() and not conn.should_close:
+                return conn
+            conn.close()
         return None
 
     async def request(
@@ -171,78 +416,67 @@ class UpstreamPool:
         body: bytes | AsyncIterable[bytes] | None,
         head_only: bool,
         chunked: bool = False,
-    ) -> tuple[ResponseHandler, Any, StreamReader]:
-        """Send one request; returns (connection, RawResponseMessage, payload).
+    ) -> tuple[UpstreamConnection, Answer, BodyReader]:
+        """Send one request; returns (connection, answer head, answer body).
 
-        The caller reads the payload, then calls :meth:`release`. A kept-alive connection the
+        The caller reads the body, then calls :meth:`release`. A kept-alive connection the
         upstream closed meanwhile fails before any byte of answer: that is retried once on a
         fresh connection when the whole body is in hand (never for a streamed body).
         """
-        proto = self._idle_connection()
-        reused = proto is not None
-        if proto is None:
-            proto = await self._connect()
+        conn = self._idle_connection()
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect()
         try:
-            return await self._exchange(proto, head, body, head_only, chunked)
-        except ServerDisconnectedError:
-            proto.close()
+            return await self._exchange(conn, head, body, head_only, chunked)
+        except UpstreamClosed:
+            conn.close()
             if not reused or not (body is None or isinstance(body, bytes)):
                 raise
         except BaseException:
-            proto.close()
+            conn.close()
             raise
-        proto = await self._connect()
+        conn = await self._connect()
         try:
-            return await self._exchange(proto, head, body, head_only, chunked)
+            return await self._exchange(conn, head, body, head_only, chunked)
         except BaseException:
-            proto.close()
+            conn.close()
             raise
 
     async def _exchange(
         self,
-        proto: ResponseHandler,
+        conn: UpstreamConnection,
         head: bytes,
         body: bytes | AsyncIterable[bytes] | None,
         head_only: bool,
         chunked: bool,
-    ) -> tuple[ResponseHandler, Any, StreamReader]:
-        proto.set_response_params(
-            skip_payload=head_only,
-            read_until_eof=True,  # an answer without framing ends when the upstream closes
-            auto_decompress=False,
-            read_timeout=self.read_timeout,
-        )
-        transport = proto.transport
+    ) -> tuple[UpstreamConnection, Answer, BodyReader]:
+        transport = conn.transport
         if transport is None:
-            raise ServerDisconnectedError()
+            raise UpstreamClosed("the upstream closed the connection")
+        answered = conn.expect(head_only)
         if body is None or isinstance(body, bytes):
             transport.write(head + body if body else head)
         else:
             transport.write(head)
-            await self._write_streamed(proto, body, chunked, self.read_timeout)
-        proto.start_timeout()
-        message, payload = await proto.read()
-        while 100 <= message.code < 200:  # 100 Continue, 103 Early Hints: the answer follows
-            if message.code == 101:
-                # The sidecar forwards no Upgrade header, so nothing was asked to switch.
-                raise BadAnswer("101 Switching Protocols to a request that asked for none")
-            proto.start_timeout()  # a bodiless answer stopped the clock: the wait starts again
-            message, payload = await proto.read()
-        if not 200 <= message.code <= 599:
-            raise BadAnswer(f"status {message.code} is not an HTTP status")
-        return proto, message, payload
+            await self._write_streamed(conn, body, chunked, self.read_timeout)
+        conn.start_timer()
+        answer, payload = await answered
+        if not 200 <= answer.code <= 599:
+            raise BadAnswer(f"status {answer.code} is not an HTTP status")
+        return conn, answer, payload
 
     @staticmethod
     async def _write_streamed(
-        proto: ResponseHandler, body: AsyncIterable[bytes], chunked: bool, timeout: float
+        conn: UpstreamConnection, body: AsyncIterable[bytes], chunked: bool, timeout: float
     ) -> None:
         """The body as it arrives: raw under a Content-Length, else in chunked framing. An
         upstream that stops reading it for ``timeout`` seconds times out like one that stops
         answering (504), rather than holding the request forever."""
         async for chunk in body:
-            transport = proto.transport
+            transport = conn.transport
             if transport is None:
-                raise ServerDisconnectedError()
+                raise UpstreamClosed("the upstream closed the connection")
             if not chunk:
                 continue
             if chunked:
@@ -250,18 +484,18 @@ class UpstreamPool:
             else:
                 transport.write(chunk)
             if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
-                await asyncio.wait_for(proto._drain_helper(), timeout)
+                await asyncio.wait_for(conn.drain(), timeout)
         if chunked:
-            if proto.transport is None:
-                raise ServerDisconnectedError()
-            proto.transport.write(b"0\r\n\r\n")
+            if conn.transport is None:
+                raise UpstreamClosed("the upstream closed the connection")
+            conn.transport.write(b"0\r\n\r\n")
 
-    def release(self, proto: ResponseHandler) -> None:
+    def release(self, conn: UpstreamConnection) -> None:
         """Back to the pool when the answer was read to its end and the server keeps it open."""
-        if proto.should_close or not proto.is_connected() or len(self._idle) >= self.max_idle:
-            proto.close()
+        if conn.should_close or not conn.is_connected() or len(self._idle) >= self.max_idle:
+            conn.close()
         else:
-            self._idle.append(proto)
+            self._idle.append(conn)
 
     def close(self) -> None:
         while self._idle:
