@@ -178,13 +178,19 @@ class BodyReader:
 
 
 class _EmptyBody(BodyReader):
-    """A message without a body."""
+    """A message without a body: complete from the start, and never fed."""
 
     __slots__ = ()
+
+    def __init__(self) -> None:  # no connection to pause: nothing ever arrives
+        self._buffer = deque()
+        self._size = 0
+        self._exc = None
+        self._waiter = None
+        self.complete = True
 
     def feed(self, data: bytes) -> None:  # pragma: no cover - a bodiless message gets none
         raise RuntimeError("a message without a body got body bytes")
 
 
-EMPTY_BODY: BodyReader = _EmptyBody(FlowControl.__new__(FlowControl))
-EMPTY_BODY.complete = True
+EMPTY_BODY: BodyReader = _EmptyBody()

@@ -305,7 +305,7 @@ def request_head(
     default_host: bytes = b"",
 ) -> bytes:
     """The request line and headers to send upstream: the client's, minus hop-by-hop ones,
-    plus ``X-Forwarded-*``. ``raw_headers`` come from aiohttp's parser (no CR/LF inside).
+    plus ``X-Forwarded-*``. ``raw_headers`` come from llhttp (no CR/LF inside).
     An HTTP/1.0 client may send no Host; HTTP/1.1 requires one: ``default_host`` then."""
     connection_tokens: frozenset[bytes] = frozenset()
     forwarded_for = b""
