@@ -248,13 +248,11 @@ class Connection(FlowControl):
             raise BadRequest(f"request target over {MAX_LINE} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > MAX_LINE:
-            raise BadRequest(f"header line over {MAX_LINE} bytes")
         headers = self._headers
-        if len(headers) >= MAX_HEADERS:
-            raise BadRequest(f"over {MAX_HEADERS} header fields")
         headers.append((name, value))
-        if len(name) in _FRAMING_LENGTHS:
+        if len(headers) > MAX_HEADERS or len(name) + len(value) > MAX_LINE:
+            raise BadRequest(f"over {MAX_HEADERS} header fields, or a line over {MAX_LINE} bytes")
+        if len(name) in _FRAMING_LENGTHS:  # cheap: most names cannot be one of those
             lname = name.lower()
             if self._in_trailers and lname in _NOT_IN_TRAILERS:
                 raise BadRequest(f"{name!r} in a trailer")
@@ -428,7 +426,7 @@ class Connection(FlowControl):
         elif request.version < (1, 1):
             framing += b"Connection: keep-alive\r\n"
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace"))]
-        lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
+        lines += [name + b": " + value + b"\r\n" for name, value in headers]
         lines.append(framing + b"\r\n")
         return b"".join(lines)
 

@@ -247,7 +247,9 @@ class UpstreamConnection(FlowControl):
         elif lname == b"transfer-encoding":
             self._chunked = value.lower().rstrip().endswith(b"chunked")
         elif lname == b"connection":
-            self._connection |= {t.strip().lower() for t in value.split(b",")}
+            value = value.lower()
+            if value != b"keep-alive" and value != b"close":  # the usual ones name no field
+                self._connection |= {token.strip() for token in value.split(b",")}
 
     def on_headers_complete(self) -> None:
         code = self._parser.get_status_code()
