@@ -372,3 +372,42 @@ async def test_ten_thousand_model_names_keep_series_bounded() -> None:
             sc, "model_inference_total", model_name="other", model_version="", status="success"
         )
         assert total == 10_000 - 20
+
+
+async def test_default_version_labels_unversioned_inferences_and_a_named_version_wins() -> None:
+    # max_versions=1: the named versions fill the bound, the default is still kept.
+    async with (
+        running_upstream() as up,
+        running_sidecar(up.url, default_version="2", max_versions=1) as sc,
+    ):
+        base = f"http://{LOOPBACK}:{sc.proxy_port}"
+        async with aiohttp.ClientSession() as session:
+            for path in (
+                "/v2/models/resnet/versions/3/infer",
+                "/v2/models/resnet/versions/4/infer",
+                "/v2/models/resnet/infer",
+                "/v2/models/resnet/infer",
+            ):
+                status, _, _ = await fetch(session, "POST", base + path, v2_body(2), JSON)
+                assert status == 200
+            status, _, _ = await fetch(
+                session, "POST", base + "/v1/models/iris:predict", b'{"instances": [1]}', JSON
+            )
+            assert status == 200
+
+        def total(model: str, version: str) -> float:
+            return metric(
+                sc,
+                "model_inference_total",
+                model_name=model,
+                model_version=version,
+                status="success",
+            )
+
+        assert total("resnet", "2") == 2
+        assert total("resnet", "3") == 1
+        assert total("resnet", "other") == 1  # over max_versions
+        assert total("iris", "2") == 1  # every protocol, every model
+        assert total("resnet", "") == total("iris", "") == 0
+        labels = {"model_name": "resnet", "model_version": "2"}
+        assert metric(sc, "model_inference_duration_seconds_count", **labels) == 2
