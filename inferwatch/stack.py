@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,16 @@ LOOPBACK = "127.0.0.1"
 WINDOW_SCALE = 1 / 60  # burn-rate windows: 1h -> 1m, 5m -> 5s
 TEXT_MODEL = "text-classifier"
 IMAGE_MODEL = "image-classifier"
+CLASSIFIERS = (TEXT_MODEL, IMAGE_MODEL)
 LLM_MODEL = "tiny-llm"
 IMAGE_VALUES = 3 * 32 * 32
 LLM_SHARE = 0.25  # of the load generator's requests: streamed chat completions
+# The classifiers' versions (`inferwatch serve` serves 1, 2 and 3 of each): unversioned URLs
+# reach DEFAULT_VERSION, which the sidecar is told too, so it labels them with it; these
+# shares of the classifier requests name another version, so the overview's Versions row
+# shows every version. The rest (most) are unversioned.
+DEFAULT_VERSION = "1"
+VERSION_SHARES = {"2": 0.15, "3": 0.15}
 MAX_ALERT_LINES = 4  # the live view lists this many firing alerts, then "+N more"
 
 
@@ -250,6 +257,21 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what:
     raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
 
 
+async def served_versions(session: aiohttp.ClientSession, server: str, model: str) -> list[str]:
+    """The versions of ``model`` the server serves (its V2 metadata; a version that cannot
+    be built on this machine is left out), or none when that cannot be read."""
+    try:
+        async with session.get(f"{server}/v2/models/{model}") as response:
+            if response.status != 200:
+                return []
+            versions = (await response.json()).get("versions")
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return []
+    if not isinstance(versions, list):
+        return []
+    return [str(v) for v in versions]
+
+
 async def http_ok(session: aiohttp.ClientSession, url: str) -> bool:
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
@@ -258,22 +280,33 @@ async def http_ok(session: aiohttp.ClientSession, url: str) -> bool:
         return False
 
 
-def text_request(rng: random.Random, batch: int) -> tuple[str, dict[str, Any]]:
+def infer_path(model: str, version: str | None = None) -> str:
+    """The Open Inference Protocol path of ``model``, of ``version`` when one is named."""
+    if version is None:
+        return f"/v2/models/{model}/infer"
+    return f"/v2/models/{model}/versions/{version}/infer"
+
+
+def text_request(
+    rng: random.Random, batch: int, version: str | None = None
+) -> tuple[str, dict[str, Any]]:
     words = ["goal", "rates", "vaccine", "election", "film", "chip", "league", "market"]
     texts = [" ".join(rng.choices(words, k=6)) for _ in range(batch)]
     body = {"inputs": [{"name": "text", "shape": [batch], "datatype": "BYTES", "data": texts}]}
-    return f"/v2/models/{TEXT_MODEL}/infer", body
+    return infer_path(TEXT_MODEL, version), body
 
 
 _IMAGE = [round(random.Random(5).random(), 3) for _ in range(IMAGE_VALUES)]
 
 
-def image_request(rng: random.Random, batch: int) -> tuple[str, dict[str, Any]]:
+def image_request(
+    rng: random.Random, batch: int, version: str | None = None
+) -> tuple[str, dict[str, Any]]:
     data = _IMAGE * batch  # one fixed image: cheap to send
     body = {
         "inputs": [{"name": "image", "shape": [batch, 3, 32, 32], "datatype": "FP32", "data": data}]
     }
-    return f"/v2/models/{IMAGE_MODEL}/infer", body
+    return infer_path(IMAGE_MODEL, version), body
 
 
 def chat_request(rng: random.Random) -> tuple[str, dict[str, Any]]:
@@ -294,14 +327,36 @@ def chat_request(rng: random.Random) -> tuple[str, dict[str, Any]]:
 
 
 class Load:
-    """The scripted load: a pool of clients whose concurrency each phase sets."""
+    """The scripted load: a pool of clients whose concurrency each phase sets.
 
-    def __init__(self, session: aiohttp.ClientSession, proxy: str, stats: ClientStats) -> None:
+    ``versions``: the versions the server serves of each classifier (its V2 metadata); a
+    share of each one's requests (:data:`VERSION_SHARES`) names one of them, the rest are
+    unversioned. None known: every request is unversioned.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        proxy: str,
+        stats: ClientStats,
+        versions: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.session = session
         self.proxy = proxy
         self.stats = stats
         self.rng = random.Random(11)
         self.phase = PHASES[0]
+        self.versions = {model: frozenset(served) for model, served in (versions or {}).items()}
+
+    def version(self, model: str) -> str | None:
+        """The version a classifier request names: None (unversioned) for most."""
+        served = self.versions.get(model, frozenset())
+        pick = self.rng.random()
+        for version, share in VERSION_SHARES.items():
+            if pick < share:
+                return version if version in served else None
+            pick -= share
+        return None
 
     async def client(self, index: int, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -314,9 +369,10 @@ class Load:
             if pick < LLM_SHARE:
                 path, body = chat_request(self.rng)
             elif pick < LLM_SHARE + 0.25:
-                path, body = image_request(self.rng, max(1, batch // 4))
+                version = self.version(IMAGE_MODEL)
+                path, body = image_request(self.rng, max(1, batch // 4), version)
             else:
-                path, body = text_request(self.rng, batch)
+                path, body = text_request(self.rng, batch, self.version(TEXT_MODEL))
             started = time.monotonic()
             try:
                 async with self.session.post(self.proxy + path, json=body) as response:
@@ -603,6 +659,7 @@ async def run_demo(
                 *(python, "-m", "inferwatch", "serve", "--host", LOOPBACK),
                 *("--port", str(ports.server), "--device", device),
                 *("--model-size", "tiny", "--max-queue-size", "256"),
+                *("--default-version", DEFAULT_VERSION),
             ],
         )
         procs.start(
@@ -611,6 +668,8 @@ async def run_demo(
                 *(python, "-m", "inferwatch", "sidecar"),
                 *("--upstream", f"http://{LOOPBACK}:{ports.server}"),
                 *("--listen", f"{LOOPBACK}:{ports.sidecar}"),
+                # what the server answers unversioned URLs with: label them so
+                *("--default-version", DEFAULT_VERSION),
                 *("--admin", f"{LOOPBACK}:{ports.admin}"),
                 # a small admission queue, so the burst phase fills it
                 *("--max-concurrency", "8", "--max-queue", "48", "--queue-timeout", "2"),
@@ -676,7 +735,8 @@ async def run_demo(
                 + f"  alerts received  {webhook.path}\n"
                 f"  logs             {logs}\n"
             )
-            load = Load(session, proxy, stats)
+            versions = {m: await served_versions(session, server_url, m) for m in CLASSIFIERS}
+            load = Load(session, proxy, stats, versions)
             stop = asyncio.Event()
             clients = [
                 asyncio.create_task(load.client(i, stop))

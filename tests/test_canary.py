@@ -340,8 +340,24 @@ def readme_snippets() -> list[dict[str, Any]]:
     return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S)]
 
 
+def test_the_readme_version_label_is_what_the_generated_sidecar_reads() -> None:
+    pod_template = readme_snippets()[0]["template"]
+    (deployment,) = committed(f"{kubernetes.BASE}/deployment.yaml")
+    generated = deployment["spec"]["template"]["metadata"]["labels"]
+    labels = pod_template["metadata"]["labels"]
+    assert labels == {**generated, kubernetes.VERSION_LABEL: "2"}
+    sidecar = next(
+        c
+        for c in deployment["spec"]["template"]["spec"]["containers"]
+        if c["name"] == kubernetes.SIDECAR_CONTAINER
+    )
+    env = {v["name"]: v for v in sidecar["env"]}
+    field = env["INFERWATCH_SIDECAR_DEFAULT_VERSION"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == f"metadata.labels['{kubernetes.VERSION_LABEL}']"
+
+
 def test_the_readme_rollout_and_canary_use_the_generated_templates() -> None:
-    rollout, example = readme_snippets()
+    _labels, rollout, example = readme_snippets()
     assert (rollout["apiVersion"], rollout["kind"]) == (canary.ARGO_API_VERSION, "Rollout")
     (template,) = committed(ANALYSIS_TEMPLATE_PATH)
     (step,) = [

@@ -26,6 +26,7 @@ import pytest
 from support.ports import free_port
 from support.processes import inferwatch_command
 
+from inferwatch import stack
 from inferwatch.stack import PHASES
 
 PORTS = ("server", "sidecar", "admin", "prometheus", "alertmanager", "webhook")
@@ -124,6 +125,20 @@ def test_demo_runs_the_stack_and_cleans_up(tmp_path: Path, prometheus: str) -> N
                 ("app", "image-classifier"),
                 ("app", "tiny-llm"),  # the streamed chat load
             } <= seen
+            # The load spreads over every version, and the sidecar labels the unversioned
+            # requests with the server's default version: no classifier series without one.
+            found = query(
+                port,
+                "count by (model_name, model_version) "
+                '(last_over_time(model_inference_total{source="sidecar"}[15m]))',
+            )
+            versions: dict[str, set[str]] = {}
+            for r in found:
+                versions.setdefault(r["metric"]["model_name"], set()).add(
+                    r["metric"]["model_version"]
+                )
+            for model in stack.CLASSIFIERS:
+                assert versions.get(model) == {"1", "2", "3"}, versions
             ttft = query(
                 port,
                 "sum(last_over_time(model_inference_time_to_first_token_seconds_count"
@@ -133,6 +148,21 @@ def test_demo_runs_the_stack_and_cleans_up(tmp_path: Path, prometheus: str) -> N
         finally:
             reopened.terminate()
             reopened.wait(timeout=30)
+
+
+def test_the_load_names_each_served_version_for_its_share() -> None:
+    no_session: Any = None  # version() sends nothing
+    load = stack.Load(no_session, "", stack.ClientStats(), {stack.TEXT_MODEL: ["1", "2", "3"]})
+    picks = [load.version(stack.TEXT_MODEL) for _ in range(20_000)]
+    for version, share in stack.VERSION_SHARES.items():
+        assert abs(picks.count(version) / len(picks) - share) < 0.02
+    assert picks.count(None) > len(picks) / 2  # most stay unversioned: the default version
+    # A version the server does not serve (or a model it did not list) is not named.
+    load = stack.Load(no_session, "", stack.ClientStats(), {stack.TEXT_MODEL: ["1", "3"]})
+    assert "2" not in {load.version(stack.TEXT_MODEL) for _ in range(2_000)}
+    assert {load.version(stack.IMAGE_MODEL) for _ in range(2_000)} == {None}
+    assert stack.infer_path("m") == "/v2/models/m/infer"
+    assert stack.infer_path("m", "2") == "/v2/models/m/versions/2/infer"
 
 
 @pytest.mark.timeout(300)

@@ -403,14 +403,19 @@ def test_gpu_goes_to_the_model_container_only(tree: Path) -> None:
     assert server_settings(server["args"]).device == "auto"
 
 
-def kubelet_env(spec: dict[str, Any], pod: str, namespace: str) -> dict[str, str]:
-    """A container's environment as the kubelet sets it: downward-API fields, and $(VAR)
+def kubelet_env(
+    spec: dict[str, Any], pod: str, namespace: str, labels: dict[str, str] | None = None
+) -> dict[str, str]:
+    """A container's environment as the kubelet sets it: downward-API fields (a missing
+    label is "", as the kubelet's fieldpath.ExtractFieldPathAsString reads it), and $(VAR)
     references to variables defined earlier in the list expanded."""
     fields = {"metadata.name": pod, "metadata.namespace": namespace}
     env: dict[str, str] = {}
     for var in spec["env"]:
         if "valueFrom" in var:
-            env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+            path = var["valueFrom"]["fieldRef"]["fieldPath"]
+            label = re.fullmatch(r"metadata\.labels\['([^']+)'\]", path)
+            env[var["name"]] = (labels or {}).get(label[1], "") if label else fields[path]
         else:
             env[var["name"]] = re.sub(
                 r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"]
@@ -441,6 +446,32 @@ def test_containers_name_themselves_for_opentelemetry_without_turning_tracing_on
     assert attributes["k8s.namespace.name"] == "serving"
     assert attributes["k8s.container.name"] == name
     assert attributes["k8s.deployment.name"] == deployment["metadata"]["name"]
+
+
+def test_sidecar_default_version_comes_from_the_pod_version_label(tree: Path) -> None:
+    deployment = one(kustomize(overlay(tree, "base")), "Deployment")
+    sidecar = container(deployment, kubernetes.SIDECAR_CONTAINER)
+    (var,) = [v for v in sidecar["env"] if v["name"] == "INFERWATCH_SIDECAR_DEFAULT_VERSION"]
+    assert var["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['app.kubernetes.io/version']"
+    )
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=argparse.SUPPRESS)
+    sidecar_config.add_arguments(parser)
+    flags = vars(parser.parse_args(sidecar["args"][1:]))
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    # The generated pod has no version label: "" from the kubelet, today's labels.
+    assert kubernetes.VERSION_LABEL not in pod_labels
+    env = kubelet_env(sidecar, "model-server-7d9f-x2b4q", "serving", pod_labels)
+    assert env["INFERWATCH_SIDECAR_DEFAULT_VERSION"] == ""
+    assert sidecar_config.load_config(flags, env=env).default_version == ""
+    # A canary's pod template labelled with its version.
+    canary = {**pod_labels, kubernetes.VERSION_LABEL: "2"}
+    env = kubelet_env(sidecar, "model-server-5c6b-k8d2m", "serving", canary)
+    assert sidecar_config.load_config(flags, env=env).default_version == "2"
+    # The model container is not given it (the reference server has its own --default-version).
+    server = container(deployment, kubernetes.SERVER_CONTAINER)
+    assert "INFERWATCH_SIDECAR_DEFAULT_VERSION" not in {v["name"] for v in server["env"]}
 
 
 def test_read_only_sidecar_has_a_writable_tmp(tree: Path) -> None:

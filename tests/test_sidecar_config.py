@@ -264,3 +264,37 @@ def test_bad_grpc_settings_name_the_field(values: dict[str, object], field: str)
     with pytest.raises(ConfigError) as caught:
         load_config({"upstream": "http://127.0.0.1:8000", **values}, env={})
     assert str(caught.value).startswith(field)
+
+
+def test_default_version_from_flags_env_and_yaml(tmp_path: Path) -> None:
+    assert load_config({"upstream": "http://m:1"}, env={}).default_version == ""
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("upstream: http://m:1\ndefault_version: 2\n")  # a YAML integer
+    assert load_config({}, env={}, path=str(path)).default_version == "2"
+    env = {"INFERWATCH_SIDECAR_DEFAULT_VERSION": " v2-canary "}
+    assert load_config(flags("--config", str(path)), env=env).default_version == "v2-canary"
+    config = load_config(flags("--config", str(path), "--default-version", "3"), env=env)
+    assert config.default_version == "3"
+    assert from_dict(config.to_dict()) == config
+    # What the downward API gives for a missing pod label: today's behaviour.
+    env = {"INFERWATCH_SIDECAR_UPSTREAM": "http://m:1", "INFERWATCH_SIDECAR_DEFAULT_VERSION": ""}
+    assert load_config({}, env=env).default_version == ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("x" * 129, "must be at most 128 characters"),
+        ("2\n3", "must be printable text"),
+        ("other", "'other' is where versions over max_versions are counted"),
+        (1.1, "must be a string (quote it in YAML), got 1.1"),
+        (["1"], "must be a string"),
+        (True, "must be a string"),
+    ],
+)
+def test_a_bad_default_version_names_the_field(raw: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"upstream": "http://m:1", "default_version": raw}, env={})
+    assert str(caught.value).startswith(
+        f"default_version (command line, --default-version): {message}"
+    )

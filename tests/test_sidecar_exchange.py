@@ -215,3 +215,21 @@ def test_the_null_exchange_records_no_generation(registry: CollectorRegistry) ->
     NO_EXCHANGE.succeeded()
     after = {s.name: s.value for f in registry.collect() for s in f.samples}
     assert after == before
+
+
+def test_default_version_for_unversioned_requests(registry: CollectorRegistry) -> None:
+    exchanges = Exchanges(
+        inference_metrics(registry),
+        schema.SOURCE_SIDECAR,
+        "unknown",
+        BoundedLabel(2),
+        BoundedLabel(10),
+        default_version="2",
+    )
+    exchanges.open("resnet", None, 1, perf_counter()).succeeded()
+    exchanges.open("resnet", "", 1, perf_counter()).succeeded()
+    exchanges.open("resnet", "7", 1, perf_counter()).succeeded()
+    total = schema.INFERENCE_TOTAL.name
+    assert value(registry, total, **VERSIONED, status="success") == 2
+    assert value(registry, total, **MODEL, model_version="7", status="success") == 1
+    assert value(registry, total, **MODEL, model_version="", status="success") == 0

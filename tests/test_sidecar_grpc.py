@@ -163,6 +163,15 @@ async def test_model_infer_is_counted_with_model_version_and_batch() -> None:
         assert in_flight(sidecar) == (0, 0)
 
 
+async def test_default_version_labels_an_unversioned_model_infer() -> None:
+    async with grpc_sidecar(default_version="2") as (sidecar, channel, _up):
+        await channel.unary_unary(MODEL_INFER)(infer_request("resnet", "", batch=1))
+        await channel.unary_unary(MODEL_INFER)(infer_request("resnet", "3", batch=1))
+        assert inferences(sidecar, "success", model_version="2") == 1
+        assert inferences(sidecar, "success", model_version="3") == 1
+        assert inferences(sidecar, "success") == 0  # model_version=""
+
+
 async def test_health_and_metadata_rpcs_are_forwarded_not_counted() -> None:
     async with grpc_sidecar() as (sidecar, channel, _up):
         answer = await channel.unary_unary(OIP + "ServerReady")(b"")

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from support.ports import LOOPBACK
 from support.sidecar import metric, running_sidecar
+from support.tracing import finished, in_memory_tracing
 from support.upstreams import running_upstream, v2_body
 
 JSON = {"Content-Type": "application/json"}
@@ -372,3 +373,55 @@ async def test_ten_thousand_model_names_keep_series_bounded() -> None:
             sc, "model_inference_total", model_name="other", model_version="", status="success"
         )
         assert total == 10_000 - 20
+
+
+async def test_default_version_labels_unversioned_inferences_and_a_named_version_wins() -> None:
+    # max_versions=1: the named versions fill the bound, the default is still kept.
+    async with (
+        running_upstream() as up,
+        running_sidecar(up.url, default_version="2", max_versions=1) as sc,
+    ):
+        base = f"http://{LOOPBACK}:{sc.proxy_port}"
+        async with aiohttp.ClientSession() as session:
+            for path in (
+                "/v2/models/resnet/versions/3/infer",
+                "/v2/models/resnet/versions/4/infer",
+                "/v2/models/resnet/infer",
+                "/v2/models/resnet/infer",
+            ):
+                status, _, _ = await fetch(session, "POST", base + path, v2_body(2), JSON)
+                assert status == 200
+            status, _, _ = await fetch(
+                session, "POST", base + "/v1/models/iris:predict", b'{"instances": [1]}', JSON
+            )
+            assert status == 200
+
+        def total(model: str, version: str) -> float:
+            return metric(
+                sc,
+                "model_inference_total",
+                model_name=model,
+                model_version=version,
+                status="success",
+            )
+
+        assert total("resnet", "2") == 2
+        assert total("resnet", "3") == 1
+        assert total("resnet", "other") == 1  # over max_versions
+        assert total("iris", "2") == 1  # every protocol, every model
+        assert total("resnet", "") == total("iris", "") == 0
+        labels = {"model_name": "resnet", "model_version": "2"}
+        assert metric(sc, "model_inference_duration_seconds_count", **labels) == 2
+
+
+async def test_a_traced_unversioned_inference_carries_the_default_version() -> None:
+    with in_memory_tracing() as exporter:
+        async with running_upstream() as up, running_sidecar(up.url, default_version="2") as sc:
+            base = f"http://{LOOPBACK}:{sc.proxy_port}"
+            async with aiohttp.ClientSession() as session:
+                for path in ("/v2/models/resnet/infer", "/v2/models/resnet/versions/3/infer"):
+                    status, _, _ = await fetch(session, "POST", base + path, v2_body(1), JSON)
+                    assert status == 200
+        spans = finished(exporter)
+    versions = sorted(span.attributes["model.version"] for span in spans)
+    assert versions == ["2", "3"]

@@ -219,6 +219,22 @@ def sidecar_readiness_probe(options: GenerateOptions) -> dict[str, Any]:
     return {"httpGet": {"path": "/ready", "port": PROXY_PORT_NAME}, **timing}
 
 
+# The pod label naming the version this pod's unversioned URLs serve (Kubernetes' recommended
+# label); the sidecar labels inferences that name no version with it.
+VERSION_LABEL = "app.kubernetes.io/version"
+
+
+def default_version_env() -> dict[str, Any]:
+    """``INFERWATCH_SIDECAR_DEFAULT_VERSION`` from the pod label :data:`VERSION_LABEL`, through
+    the downward API: a canary's pods labelled with their version are told apart from the
+    stable ones even when callers use unversioned URLs. A pod without the label gets an empty
+    string (the kubelet reads a missing label as ""), which the sidecar takes as no default."""
+    return {
+        "name": "INFERWATCH_SIDECAR_DEFAULT_VERSION",
+        "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{VERSION_LABEL}']"}},
+    }
+
+
 def sidecar_container(options: GenerateOptions) -> dict[str, Any]:
     ports = [{"name": PROXY_PORT_NAME, "containerPort": PROXY_PORT, "protocol": "TCP"}]
     if options.grpc_port:
@@ -236,7 +252,10 @@ def sidecar_container(options: GenerateOptions) -> dict[str, Any]:
             *("--drain-quiet-period", str(DRAIN_QUIET_PERIOD)),
             *("--drain-timeout", str(DRAIN_TIMEOUT)),
         ],
-        "env": otel_env(options, SIDECAR_CONTAINER, f"{options.deployment}-sidecar"),
+        "env": [
+            default_version_env(),
+            *otel_env(options, SIDECAR_CONTAINER, f"{options.deployment}-sidecar"),
+        ],
         "ports": ports,
         "resources": {
             "requests": {"cpu": "250m", "memory": "128Mi"},
@@ -396,6 +415,9 @@ DEPLOYMENT_NOTE = """\
 # gpu_* included: the model container owns the GPU, so it is the one that can read NVML).
 # Shutdown: the sidecar drains (readiness fails, quiet period, in-flight requests finish) while
 # the model container's preStop waits on /wait-for-drain; then the model server stops.
+# Versions: a pod label app.kubernetes.io/version (the version its unversioned URLs serve:
+# for the reference server, its --default-version, 1 unless given) labels the sidecar's
+# inferences that name no version, so canary analysis tells this pod's version apart.
 """
 
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from inferwatch import schema
 from inferwatch.sidecar import server_metrics
+from inferwatch.sidecar.protocols import MAX_NAME_CHARS
 
 ENV_PREFIX = "INFERWATCH_SIDECAR_"
 
@@ -58,6 +60,7 @@ class SidecarConfig:
     queue_timeout: float = 10.0
     retry_after: int = 1
     default_model: str = "unknown"
+    default_version: str = ""  # "": a request that names no version is labelled ""
     routes: tuple[tuple[str, str], ...] = ()
     max_models: int = 100
     max_versions: int = 10
@@ -270,6 +273,21 @@ def _label(raw: Any) -> str:
     return text
 
 
+def _version(raw: Any) -> str:
+    """A model version label; "" (the default) leaves unversioned requests unlabelled."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        # a YAML float (1.10 reads as 1.1) or a list would not be the version meant
+        raise ValueError(f"must be a string (quote it in YAML), got {raw!r}")
+    text = str(raw).strip()
+    if len(text) > MAX_NAME_CHARS:
+        raise ValueError(f"must be at most {MAX_NAME_CHARS} characters")
+    if not text.isprintable():
+        raise ValueError(f"must be printable text, got {text!r}")
+    if text == schema.OTHER:
+        raise ValueError(f"{schema.OTHER!r} is where versions over max_versions are counted")
+    return text
+
+
 def _names(raw: Any) -> tuple[str, ...]:
     items = raw.split(",") if isinstance(raw, str) else raw
     if not isinstance(items, (list, tuple)):
@@ -335,6 +353,13 @@ FIELDS: tuple[Field, ...] = (
     Field("queue_timeout", _seconds(), "seconds a request may wait for admission", "S"),
     Field("retry_after", _int(0), "Retry-After seconds on 503 overloaded", "S"),
     Field("default_model", _label, "model name when the request names none", "NAME"),
+    Field(
+        "default_version",
+        _version,
+        "model version when the request names none (default '': unlabelled); the "
+        "generated Kubernetes sidecar takes it from the pod label app.kubernetes.io/version",
+        "VERSION",
+    ),
     Field("routes", _routes, "route override PATH_REGEX=MODEL (repeatable)", "RE=NAME", True),
     Field("max_models", _int(0), "distinct model names kept; later ones are 'other'", "N"),
     Field("max_versions", _int(0), "distinct model versions kept; later ones are 'other'", "N"),

@@ -171,6 +171,9 @@ class Exchanges:
 
     Label values come from requests, so they go through :class:`BoundedLabel`: the first
     ``max_models`` names (and every allowed one) are kept, the rest count as ``other``.
+    A request that names no model counts as ``default_model``; one that names no version as
+    ``default_version`` ("" by default: no version), which a version named by the request
+    always overrides.
     """
 
     exchange_class: type[Exchange] = Exchange
@@ -182,17 +185,21 @@ class Exchanges:
         default_model: str,
         model_label: BoundedLabel,
         version_label: BoundedLabel,
+        default_version: str = "",
     ) -> None:
         self.metrics = metrics
         self.source = source
         self.default_model = default_model
+        self.default_version = default_version
         self._model_label = model_label
         self._version_label = version_label
 
     def instruments(self, model_name: str | None, model_version: str | None) -> ModelInstruments:
         """The label children for a model as a request names it (bounded)."""
         name = self._model_label(model_name or self.default_model)
-        version = self._version_label(model_version) if model_version else ""
+        version = model_version or self.default_version
+        if version:
+            version = self._version_label(version)
         return self.metrics.model(self.source, name, version)
 
     def open(

@@ -54,7 +54,9 @@ def open_exchanges(config: SidecarConfig, metrics: InferenceMetrics) -> Exchange
         schema.SOURCE_SIDECAR,
         config.default_model,
         BoundedLabel(config.max_models, set(config.allow_models)),
-        BoundedLabel(config.max_versions),
+        # The configured default version is the operator's, not a request's: always kept.
+        BoundedLabel(config.max_versions, {config.default_version} - {""}),
+        config.default_version,
     )
 
 

@@ -85,8 +85,9 @@ class TracedProxyHandler(ProxyHandler):
         if info.is_inference:
             attributes[tracing.ATTR_SOURCE] = schema.SOURCE_SIDECAR
             attributes[tracing.ATTR_MODEL_NAME] = info.model_name or self.config.default_model
-            if info.model_version:
-                attributes[tracing.ATTR_MODEL_VERSION] = info.model_version
+            version = info.model_version or self.config.default_version
+            if version:
+                attributes[tracing.ATTR_MODEL_VERSION] = version
             if info.batch_size is not None:
                 attributes[tracing.ATTR_BATCH_SIZE] = info.batch_size
         span.set_attributes(attributes)

@@ -262,7 +262,8 @@ def request_rate_per_version() -> core.TimeSeries:
     return timeseries(
         "Request rate per version",
         "Inferences completed per second, per model version (model_version: the version the "
-        "request named; empty when it named none)." + VERSIONS_HELP,
+        "request named; when it named none, the sidecar's default_version, empty unless set)."
+        + VERSIONS_HELP,
         "reqps",
         [Query(promql.requests_per_second(models(), PER_VERSION, RATE), VERSION_LEGEND)],
     )
