@@ -12,7 +12,7 @@ from aiohttp import web
 from support.http import serving
 from support.polling import poll
 from support.ports import LOOPBACK
-from support.prometheus import running_prometheus
+from support.prometheus import running_prometheus, sidecar_job
 from support.sidecar import running_sidecar
 
 from inferwatch import generate
@@ -84,18 +84,7 @@ async def test_adapter_and_keda_queries_see_the_model_servers_own_queue(
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [rules.name],
-            "scrape_configs": [
-                {
-                    "job_name": "inferwatch-sidecar",
-                    "static_configs": [
-                        {
-                            "targets": [f"{LOOPBACK}:{sidecar.admin_port}"],
-                            # what a PodMonitor's relabelling adds in Kubernetes
-                            "labels": {"namespace": NAMESPACE, "pod": POD},
-                        }
-                    ],
-                }
-            ],
+            "scrape_configs": [sidecar_job(f"{LOOPBACK}:{sidecar.admin_port}", NAMESPACE, POD)],
         }
         async with (
             running_prometheus(prometheus, config, tmp_path) as running,

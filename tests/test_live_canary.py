@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from support.canary import argo_phase, flagger_passes, render_argo, render_flagger
 from support.polling import poll
-from support.prometheus import running_prometheus
+from support.prometheus import running_prometheus, sidecar_job
 from support.sidecar import running_sidecar
 from support.upstreams import running_upstream, v2_body
 
@@ -84,18 +84,7 @@ async def test_canary_checks_fail_the_bad_version_and_pass_the_good_one(
     ):
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-            "scrape_configs": [
-                {
-                    "job_name": "inferwatch-sidecar",
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{sidecar.admin_port}"],
-                            # what a PodMonitor's relabelling adds in Kubernetes
-                            "labels": {"namespace": NAMESPACE, "pod": POD},
-                        }
-                    ],
-                }
-            ],
+            "scrape_configs": [sidecar_job(f"127.0.0.1:{sidecar.admin_port}", NAMESPACE, POD)],
         }
         async with (
             running_prometheus(prometheus, config, tmp_path, ready_timeout=30) as running,

@@ -27,7 +27,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from support.http import serving
 from support.polling import poll
-from support.prometheus import running_prometheus
+from support.prometheus import running_prometheus, sidecar_job
 from support.sidecar import running_sidecar
 
 from inferwatch import generate, monitor_inference, schema
@@ -174,17 +174,7 @@ async def test_every_llm_panel_has_data_under_streamed_load(
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": ["recording.yaml"],
-            "scrape_configs": [
-                {
-                    "job_name": "inferwatch-sidecar",
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{sidecar.admin_port}"],
-                            "labels": {"namespace": NAMESPACE, "pod": POD},
-                        }
-                    ],
-                }
-            ],
+            "scrape_configs": [sidecar_job(f"127.0.0.1:{sidecar.admin_port}", NAMESPACE, POD)],
         }
         async with (
             running_prometheus(prometheus, config, tmp_path, ready_timeout=30) as running,

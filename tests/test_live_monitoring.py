@@ -29,7 +29,7 @@ from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install
 from support.http import serving
 from support.polling import poll
 from support.ports import LOOPBACK, free_port
-from support.prometheus import running_prometheus
+from support.prometheus import running_prometheus, sidecar_job
 from support.sidecar import running_sidecar
 
 from inferwatch import generate, monitor_inference
@@ -226,16 +226,7 @@ async def test_dashboards_rules_adapter_and_alerts_live(
                 "alertmanagers": [{"static_configs": [{"targets": [f"{LOOPBACK}:{am_port}"]}]}]
             },
             "scrape_configs": [
-                {
-                    "job_name": "inferwatch-sidecar",
-                    "static_configs": [
-                        {
-                            "targets": [f"{LOOPBACK}:{sidecar.admin_port}"],
-                            # what a PodMonitor's relabelling adds in Kubernetes
-                            "labels": {"namespace": NAMESPACE, "pod": POD},
-                        }
-                    ],
-                },
+                sidecar_job(f"{LOOPBACK}:{sidecar.admin_port}", NAMESPACE, POD),
                 {
                     "job_name": "kube-state-metrics",
                     "static_configs": [{"targets": [webhook_url.removeprefix("http://")]}],

@@ -63,16 +63,31 @@ def header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> CIMultiDictProxy[s
     return CIMultiDictProxy(CIMultiDict(fields))
 
 
-class Request:
+class HeaderFields:
+    """A message's header fields as sent (``raw_headers``) and, made on first use, by name
+    (``headers``): the hot path reads the raw ones."""
+
+    __slots__ = ("_headers", "raw_headers")
+
+    def __init__(self, raw_headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self.raw_headers = raw_headers
+        self._headers: CIMultiDictProxy[str] | None = None
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        if self._headers is None:
+            self._headers = header_map(self.raw_headers)
+        return self._headers
+
+
+class Request(HeaderFields):
     """One parsed request; its body is ``payload``."""
 
     __slots__ = (
-        "_headers",
         "conn",
         "content_length",
         "method",
         "payload",
-        "raw_headers",
         "should_close",
         "target",
         "transfer_encoding",
@@ -91,23 +106,15 @@ class Request:
         payload: BodyReader,
         conn: Connection,
     ) -> None:
+        super().__init__(raw_headers)
         self.method = method
         self.target = target  # as sent: path and query, percent-encoding kept
         self.version = version
-        self.raw_headers: Sequence[tuple[bytes, bytes]] = raw_headers
         self.content_length = content_length
         self.transfer_encoding = transfer_encoding  # it has a Transfer-Encoding header
         self.should_close = should_close
         self.payload = payload
         self.conn = conn
-        self._headers: CIMultiDictProxy[str] | None = None
-
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        """The header fields by name, made on first use (the hot path reads raw ones)."""
-        if self._headers is None:
-            self._headers = header_map(self.raw_headers)
-        return self._headers
 
     @property
     def body_exists(self) -> bool:

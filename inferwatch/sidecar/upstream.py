@@ -18,11 +18,10 @@ from collections.abc import AsyncIterable, Sequence
 from urllib.parse import urlsplit
 
 import httptools
-from multidict import CIMultiDictProxy
 
 from inferwatch.sidecar.body import EMPTY_BODY, BodyReader, FlowControl
 from inferwatch.sidecar.errors import ConnectFailed
-from inferwatch.sidecar.http1 import MAX_HEADERS, MAX_LINE, header_map
+from inferwatch.sidecar.http1 import MAX_HEADERS, MAX_LINE, HeaderFields
 
 # Headers a client's Connection header may not remove: the message's own framing and target.
 # (Naming Content-Length there would otherwise strip the length the body is framed with, and
@@ -66,11 +65,11 @@ class BadAnswer(UpstreamError):
     """The upstream answered with something no HTTP/1.1 server may send here."""
 
 
-class Answer:
+class Answer(HeaderFields):
     """The head of the upstream's answer: its status, and its end-to-end header fields as
     sent (names, case, order); its framing is in ``length`` and ``chunked``."""
 
-    __slots__ = ("_headers", "chunked", "code", "length", "raw_headers", "reason")
+    __slots__ = ("chunked", "code", "length", "reason")
 
     def __init__(
         self,
@@ -80,18 +79,11 @@ class Answer:
         length: int | None,
         chunked: bool,
     ) -> None:
+        super().__init__(raw_headers)
         self.code = code
         self.reason = reason
-        self.raw_headers = raw_headers
         self.length = length  # its Content-Length, if it has one
         self.chunked = chunked
-        self._headers: CIMultiDictProxy[str] | None = None
-
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        if self._headers is None:
-            self._headers = header_map(self.raw_headers)
-        return self._headers
 
 
 class _HeadDone(Exception):

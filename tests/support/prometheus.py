@@ -42,6 +42,15 @@ def scrape_config(target: str, job: str = "pod") -> dict[str, Any]:
     }
 
 
+def sidecar_job(target: str, namespace: str, pod: str) -> dict[str, Any]:
+    """A scrape job for one sidecar's admin port, with the ``namespace`` and ``pod`` labels a
+    PodMonitor's relabelling adds in Kubernetes (the generated rules aggregate by them)."""
+    return {
+        "job_name": "inferwatch-sidecar",
+        "static_configs": [{"targets": [target], "labels": {"namespace": namespace, "pod": pod}}],
+    }
+
+
 @dataclass
 class RunningPrometheus:
     """A Prometheus server started by ``running_prometheus``."""
