@@ -3,10 +3,9 @@
 Every request goes through a raw ``asyncio.start_server`` upstream that records the exact
 bytes it receives and reads them with a strict HTTP/1.1 parser of its own: a request boundary
 it sees that the sidecar did not (request smuggling) shows up as an extra request there.
-The two tests marked ``xfail(strict=True)`` document a limit that remains: when one read
-holds a valid request and then bytes that do not parse (or follow a ``Connection: close``
-request), aiohttp's parser raises and drops the messages it had parsed, so the valid request
-gets the 400 too. The same bytes arriving in a later read are handled in order.
+A read is parsed whole before any request in it is forwarded: a request whose bytes turn out
+malformed later in the same read is never forwarded, and the valid requests before it are still
+answered, in order, before the 400.
 """
 
 from __future__ import annotations
