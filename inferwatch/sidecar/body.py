@@ -132,15 +132,21 @@ class BodyReader:
             self._flow.resume_reading()
         return data
 
+    def _take_all(self) -> bytes:
+        buffer = self._buffer
+        data = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
+        if self._size > BUFFER_LOW:  # reading may have been paused for it
+            self._flow.resume_reading()
+        self._size = 0
+        return data
+
     async def read(self, limit: int = -1) -> bytes:
         """Up to ``limit`` bytes as soon as some are there (``-1``: the whole rest of the
         body); ``b""`` at its end."""
         if limit < 0:
             if self.complete:  # all there: no wait
-                data = b"".join(self._buffer)
-                self._buffer.clear()
-                self._size = 0
-                return data
+                return self._take_all()
             parts: list[bytes] = []
             while True:
                 await self._wait()
@@ -152,10 +158,8 @@ class BodyReader:
 
     async def readexactly(self, size: int) -> bytes:
         """``size`` bytes; raises :class:`asyncio.IncompleteReadError` if the body ends first."""
-        buffer = self._buffer
-        if self._size == size and len(buffer) == 1:  # a small body that came in one piece
-            self._size = 0
-            return buffer.popleft()
+        if self._size == size and len(self._buffer) == 1:  # a body that came in one piece
+            return self._take_all()
         parts: list[bytes] = []
         got = 0
         while got < size:
