@@ -19,8 +19,11 @@ data's last timestamp, via /api/v1/query (POST, as the adapter and KEDA send the
    list, as the adapter renders <<.LabelMatchers>>), its discovery seriesQuery
    (/api/v1/series, cluster-wide) and the KEDA triggers' queries are timed on the recorded
    series and, as the baseline in the same run, the same query on the raw expression the record
-   stands for. "deployment" is one Deployment holding a tenth of the pods; "cluster" is one
-   holding them all (the worst case: the KEDA/adapter query then spans every pod).
+   stands for; KEDA's also as they were on the per-pod records, before the per-workload ones.
+   The per-workload records themselves (they read the per-pod ones) are timed once the
+   backfilled per-pod records are loaded. "deployment" is one Deployment holding a tenth of
+   the pods; "cluster" is one holding them all (the worst case: the adapter query then spans
+   every pod; KEDA's reads the records of the 10 Deployments the synthetic pods belong to).
 
 Each query runs ``--reps`` times after one warm-up; the table has the median and p95 in ms and
 raw/recorded. Memory: promtool's and Prometheus' peak RSS; disk: the OpenMetrics file (deleted
@@ -321,8 +324,10 @@ def raw_p95(matchers: str, labels: tuple[str, ...]) -> str:
     return promql.quantile(95, schema.INFERENCE_DURATION, sidecar, labels, "1m")
 
 
-def hpa_queries(pods: list[str], keda_regex: str) -> list[tuple[str, str, str]]:
-    """(name, query on the records, the same on the raw families) for one deployment's pods."""
+def hpa_queries(pods: list[str], keda_regex: str, keda_workload: str) -> list[tuple[str, str, str]]:
+    """(name, query on the records, the same on the raw families) for one deployment's pods;
+    KEDA's are also timed as they were before the per-workload records (on the per-pod ones,
+    pods picked by ``keda_regex``)."""
     queue, p95 = promql.POD_QUEUE_LENGTH, promql.POD_P95_SECONDS
     pod_list = f'namespace="{NAMESPACE}",pod=~"{"|".join(pods)}"'
     raw_queue = promql.sum_by(promql.POD_LABELS, f"{schema.QUEUE_LENGTH.name}{{{pod_list}}}")
@@ -332,8 +337,11 @@ def hpa_queries(pods: list[str], keda_regex: str) -> list[tuple[str, str, str]]:
         inner = template.replace("<<.Series>>{<<.LabelMatchers>>}", f"({expr})")
         return inner.replace("<<.GroupBy>>", "pod")
 
-    keda_pods = (promql.eq("namespace", NAMESPACE), promql.matches("pod", keda_regex))
+    keda_workload_sel = (promql.eq("namespace", NAMESPACE), keda_workload)
     keda_sel = f'namespace="{NAMESPACE}",pod=~"{keda_regex}"'
+    per_pod_queue = f"sum({queue}{{{keda_sel}}}) or vector(0)"
+    per_pod_buckets = promql.sum_by(["le"], f"{promql.POD_LATENCY_BUCKETS}{{{keda_sel}}}")
+    per_pod_p95 = promql.ms_without_idle(f"histogram_quantile(0.95, {per_pod_buckets})")
     return [
         (
             "adapter queue",
@@ -347,12 +355,22 @@ def hpa_queries(pods: list[str], keda_regex: str) -> list[tuple[str, str, str]]:
         ),
         (
             "KEDA queue",
-            promql.deployment_queue_length(keda_pods),
+            promql.deployment_queue_length(keda_workload_sel),
+            f"sum({schema.QUEUE_LENGTH.name}{{{keda_sel}}}) or vector(0)",
+        ),
+        (
+            "KEDA queue on the per-pod record (before)",
+            per_pod_queue,
             f"sum({schema.QUEUE_LENGTH.name}{{{keda_sel}}}) or vector(0)",
         ),
         (
             "KEDA p95",
-            promql.deployment_p95_ms(keda_pods),
+            promql.deployment_p95_ms(keda_workload_sel),
+            f"{promql.ms_without_idle(raw_p95(keda_sel, ()))} or vector(0)",
+        ),
+        (
+            "KEDA p95 on the per-pod buckets (before)",
+            f"{per_pod_p95} or vector(0)",
             f"{promql.ms_without_idle(raw_p95(keda_sel, ()))} or vector(0)",
         ),
     ]
@@ -465,14 +483,21 @@ def run_size(pods: int, minutes: int, reps: int, workdir: str, end: int) -> dict
     info["block_mib"] = du(data) / 2**20
 
     prom = Prometheus(root, data)
+    # The per-workload records read the per-pod ones: one evaluation, on the backfilled records.
+    for rule in autoscaling_group():
+        if rule["record"].startswith("namespace_workload"):
+            log(f"  rule {rule['record']}")
+            expr = " ".join(rule["expr"].split())
+            info["rules"].append((rule["record"], prom.time_query(expr, end, reps)))
     deployment = deployment_pods(pods)
     everyone = [pod_name(i) for i in range(pods)]
     hpa = []
-    for scope, pod_list, regex in (
-        (f"deployment ({len(deployment)} pods)", deployment, "serve-.*"),
-        (f"cluster ({pods} pods)", everyone, ".+"),
+    # "cluster": the synthetic pods belong to 10 Deployments; KEDA reads all 10 workloads' records.
+    for scope, pod_list, regex, workload in (
+        (f"deployment ({len(deployment)} pods)", deployment, "serve-.*", promql.workload("serve")),
+        (f"cluster ({pods} pods)", everyone, ".+", promql.matches("workload", ".+")),
     ):
-        for name, recorded, raw in hpa_queries(pod_list, regex):
+        for name, recorded, raw in hpa_queries(pod_list, regex, workload):
             log(f"  {scope}: {name}")
             rec = prom.time_query(recorded, end, reps)
             base = prom.time_query(raw, end, reps)

@@ -402,8 +402,10 @@ PODS = ("model-server-a", "model-server-b")
 
 def _openmetrics(start: float, seconds: int) -> str:
     """Two pods' queue (per pod: 5 for 3 minutes, 40 for 4 minutes, then 1) and p95 (50 ms),
-    and kube-state-metrics' replicas (2), one sample a second."""
+    their deployment's queue (what KEDA reads), and kube-state-metrics' replicas (2), one
+    sample a second."""
     queue = [f"# TYPE {promql.POD_QUEUE_LENGTH} gauge"]
+    workload = [f"# TYPE {promql.WORKLOAD_QUEUE_LENGTH} gauge"]
     p95 = [f"# TYPE {promql.POD_P95_SECONDS} gauge"]
     replicas = ["# TYPE kube_deployment_status_replicas gauge"]
     for second in range(seconds):
@@ -413,10 +415,12 @@ def _openmetrics(start: float, seconds: int) -> str:
             labels = f'namespace="prod",pod="{pod}"'
             queue.append(f"{promql.POD_QUEUE_LENGTH}{{{labels}}} {value} {at}")
             p95.append(f"{promql.POD_P95_SECONDS}{{{labels}}} 0.05 {at}")
+        labels = 'namespace="prod",workload="model-server"'
+        workload.append(f"{promql.WORKLOAD_QUEUE_LENGTH}{{{labels}}} {value * len(PODS)} {at}")
         replicas.append(
             f'kube_deployment_status_replicas{{namespace="prod",deployment="model-server"}} 2 {at}'
         )
-    return "\n".join([*queue, *p95, *replicas, "# EOF", ""])
+    return "\n".join([*queue, *p95, *workload, *replicas, "# EOF", ""])
 
 
 def _png_size(path: Path) -> tuple[int, int]:

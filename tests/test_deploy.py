@@ -569,7 +569,7 @@ def test_other_names_and_namespaces_reach_every_resource(tmp_path: Path) -> None
     assert one(docs, "PodMonitor")["spec"]["selector"] == deployment["spec"]["selector"]
     assert one(docs, "ScaledObject")["spec"]["scaleTargetRef"] == {"name": "bert"}
     for trigger in one(docs, "ScaledObject")["spec"]["triggers"][1:]:
-        assert 'namespace="serving",pod=~"bert-.*"' in trigger["metadata"]["query"]
+        assert 'namespace="serving",workload="bert"' in trigger["metadata"]["query"]
     assert one(kustomize(overlay(root, "hpa")), "HorizontalPodAutoscaler")["spec"][
         "scaleTargetRef"
     ]["name"] == ("bert")

@@ -277,6 +277,105 @@ def test_keda_scaled_object_shape() -> None:
         assert trigger["metadata"]["query"].endswith("or vector(0)")  # always one element
 
 
+def test_keda_reads_one_workloads_records() -> None:
+    options = GenerateOptions(namespace="serving", deployment="bert")
+    queries = autoscaling.keda_queries(options)
+    workload = 'namespace="serving",workload="bert"'
+    assert queries["inference_queue_length"] == (
+        f"sum({promql.WORKLOAD_QUEUE_LENGTH}{{{workload}}}) or vector(0)"
+    )
+    assert queries["p95_latency_ms"] == (
+        "1000 * (histogram_quantile(0.95, sum by (le) "
+        f"({promql.WORKLOAD_LATENCY_BUCKETS}{{{workload}}})) >= 0) or vector(0)"
+    )
+    # level:metric:operations, the level naming the labels each record keeps.
+    assert promql.WORKLOAD_QUEUE_LENGTH == "namespace_workload:model_inference_queue_length:sum"
+    assert promql.WORKLOAD_LATENCY_BUCKETS == (
+        "namespace_workload_le:model_inference_duration_seconds_bucket:rate1m"
+    )
+    # Each record after the per-pod one it reads, in the same group (evaluated in order).
+    groups = yaml.safe_load((ROOT / generate.RECORDING_RULES).read_text())["groups"]
+    (group,) = [g for g in groups if g["name"] == "inferwatch.autoscaling"]
+    order = [r["record"] for r in group["rules"]]
+    assert order.index(promql.POD_QUEUE_LENGTH) < order.index(promql.WORKLOAD_QUEUE_LENGTH)
+    assert order.index(promql.POD_LATENCY_BUCKETS) < order.index(promql.WORKLOAD_LATENCY_BUCKETS)
+
+
+def test_workload_records_sum_a_deployments_pods(tmp_path: Path, promtool: str) -> None:
+    """promtool evaluates the generated rules on raw series: each pod goes to its Deployment
+    (the name less the ReplicaSet hash and the pod's suffix); a pod named otherwise (a
+    StatefulSet's) is its own workload."""
+    pods = {  # pod: (its workload, its queue, its inferences per second under 100 ms)
+        "bert-7d9f8c6b5-abcde": ("bert", 3, 1),
+        "bert-7d9f8c6b5-fghij": ("bert", 4, 2),
+        "bert-66b4f9d8c-x2z9q": ("bert", 1, 4),  # the next ReplicaSet, mid-rollout
+        "bert-canary-5c4b3a2d1-klmno": ("bert-canary", 5, 8),
+        "llm-0": ("llm-0", 6, 16),
+    }
+    series = []
+    for pod, (_, queue, per_second) in pods.items():
+        labels = f'namespace="serving",pod="{pod}",model_name="m"'
+        series.append(
+            {
+                "series": f'model_inference_queue_length{{{labels},source="sidecar"}}',
+                "values": f"{queue}x20",
+            }
+        )
+        series.append(
+            {
+                "series": f"model_inference_duration_seconds_bucket"
+                f'{{{labels},source="sidecar",le="0.1"}}',
+                "values": f"0+{15 * per_second}x20",
+            }
+        )
+    expected: dict[str, tuple[int, int]] = {}
+    for workload, queue, per_second in pods.values():
+        q, r = expected.get(workload, (0, 0))
+        expected[workload] = (q + queue, r + per_second)
+    queue_samples = [
+        {
+            "labels": f'{promql.WORKLOAD_QUEUE_LENGTH}{{namespace="serving",workload="{w}"}}',
+            "value": q,
+        }
+        for w, (q, _) in expected.items()
+    ]
+    bucket_samples = [
+        {
+            "labels": f"{promql.WORKLOAD_LATENCY_BUCKETS}"
+            f'{{le="0.1",namespace="serving",workload="{w}"}}',
+            "value": r,
+        }
+        for w, (_, r) in expected.items()
+    ]
+    shutil.copy(ROOT / generate.RECORDING_RULES, tmp_path / "rules.yaml")
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": promql.WORKLOAD_QUEUE_LENGTH,
+                        "eval_time": "4m",
+                        "exp_samples": queue_samples,
+                    },
+                    {
+                        "expr": promql.WORKLOAD_LATENCY_BUCKETS,
+                        "eval_time": "4m",
+                        "exp_samples": bucket_samples,
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    done = run(promtool, "test", "rules", "tests.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert expected["bert"] == (8, 7)
+
+
 def test_every_autoscaling_value_follows_its_option() -> None:
     options = GenerateOptions(
         min_replicas=3,

@@ -156,14 +156,15 @@ def keda_queries(options: GenerateOptions) -> dict[str, str]:
 
     The queue and the KV-cache usage are summed over the deployment's pods (the HPA divides
     them by replicas: an AverageValue, the same as the pods metric); the p95 is the
-    deployment's (a Value: a latency does not divide by replicas)."""
-    pods = (
-        promql.eq("namespace", options.namespace),
-        promql.matches("pod", f"{options.deployment}-.*"),
-    )
+    deployment's (a Value: a latency does not divide by replicas). The queue and the p95 read
+    the per-workload records (a few series, however many pods the deployment has); the
+    KV-cache usage reads the family (no record) over the deployment's pods."""
+    namespace = promql.eq("namespace", options.namespace)
+    pods = (namespace, promql.matches("pod", f"{options.deployment}-.*"))
+    deployment = (namespace, promql.workload(options.deployment))
     return {
-        QUEUE_METRIC: promql.deployment_queue_length(pods),
-        P95_METRIC: promql.deployment_p95_ms(pods),
+        QUEUE_METRIC: promql.deployment_queue_length(deployment),
+        P95_METRIC: promql.deployment_p95_ms(deployment),
         KV_CACHE_METRIC: promql.deployment_kv_cache_usage(pods),
     }
 

@@ -308,6 +308,40 @@ POD_P95_SECONDS = f"namespace_pod:{schema.INFERENCE_DURATION.name}:p95_rate1m"
 POD_LATENCY_BUCKETS = f"namespace_pod_le:{schema.INFERENCE_DURATION.bucket}:rate1m"
 
 
+# Per workload (a Deployment or an Argo Rollout): what KEDA's triggers read, a few series per
+# workload whatever its pod count (the per-pod records made a 1,000-pod Deployment's p95 take
+# about 100 ms at 10,000 pods, benchmarks/bench_autoscaling_scale.py). The workload is the
+# pod's name less the ReplicaSet's two generated parts, so it needs nothing but the `pod` label
+# every scrape config adds: no kube-state-metrics join, no relabelling of one PodMonitor.
+WORKLOAD_LABELS = ("namespace", "workload")
+WORKLOAD_QUEUE_LENGTH = f"namespace_workload:{schema.QUEUE_LENGTH.name}:sum"
+WORKLOAD_LATENCY_BUCKETS = f"namespace_workload_le:{schema.INFERENCE_DURATION.bucket}:rate1m"
+# A Deployment's (or a Rollout's) pods are named <workload>-<pod-template-hash>-<suffix>: the
+# hash is at most 10 characters, the suffix 5 (Kubernetes' generateName). A pod named otherwise
+# (a StatefulSet's <name>-0, a bare pod) is its own workload: never summed into another's.
+POD_NAME_WORKLOAD_RE = "(.+?)(?:-[a-z0-9]{1,10}-[a-z0-9]{5})?"
+
+
+def pod_workload(expr: str) -> str:
+    """``expr`` (per pod) with a ``workload`` label: the Deployment its pod belongs to."""
+    return f'label_replace({expr}, "workload", "$1", "pod", "{POD_NAME_WORKLOAD_RE}")'
+
+
+def workload(name: str) -> str:
+    """The matcher of one workload's records (a Deployment or a Rollout named ``name``)."""
+    return eq("workload", name)
+
+
+def workload_queue_length_expr() -> str:
+    """Per workload, from the per-pod record (evaluated after it in the same group)."""
+    return sum_by(WORKLOAD_LABELS, pod_workload(POD_QUEUE_LENGTH))
+
+
+def workload_latency_buckets_expr() -> str:
+    """Per workload, from the per-pod bucket record: one series per bound, whatever the pods."""
+    return sum_by([*WORKLOAD_LABELS, "le"], pod_workload(POD_LATENCY_BUCKETS))
+
+
 def pod_queue_length_expr() -> str:
     # Both layers' queues: requests waiting in the sidecar's admission queue plus those waiting
     # in the app's batcher are all work the pod has not started.
@@ -362,9 +396,10 @@ def adapter_series(record: str) -> str:
     return record + selector(ne("namespace", ""), ne("pod", ""))
 
 
-def deployment_queue_length(pods: Sequence[str]) -> str:
-    """KEDA: the queue summed over the deployment's pods; one element, 0 without pods."""
-    return f"{total(pod_queue_length(selector(*pods)))} or vector(0)"
+def deployment_queue_length(matchers: Sequence[str]) -> str:
+    """KEDA: the queue summed over a workload's pods, from the per-workload record
+    (``matchers`` pick the namespace and the workload); one element, 0 without pods."""
+    return f"{total(instant(WORKLOAD_QUEUE_LENGTH, selector(*matchers)))} or vector(0)"
 
 
 def deployment_kv_cache_usage(pods: Sequence[str]) -> str:
@@ -373,9 +408,10 @@ def deployment_kv_cache_usage(pods: Sequence[str]) -> str:
     return f"{total(pod_kv_cache_usage(selector(*pods)))} or vector(0)"
 
 
-def deployment_p95_ms(pods: Sequence[str]) -> str:
-    """KEDA: the deployment's p95 (ms) as the sidecars measure it; one element, 0 idle."""
-    buckets = sum_by(["le"], instant(POD_LATENCY_BUCKETS, selector(*pods)))
+def deployment_p95_ms(matchers: Sequence[str]) -> str:
+    """KEDA: a workload's p95 (ms) as the sidecars measure it, from the per-workload bucket
+    record (``matchers`` pick the namespace and the workload); one element, 0 idle."""
+    buckets = sum_by(["le"], instant(WORKLOAD_LATENCY_BUCKETS, selector(*matchers)))
     p95 = f"histogram_quantile(0.95, {buckets})"
     return f"{ms_without_idle(p95)} or vector(0)"
 

@@ -1,4 +1,5 @@
-"""Autoscaling: the two per-pod series the HPA scales on, and an HPA that cannot scale out."""
+"""Autoscaling: the per-pod series the HPA scales on, their per-workload sums KEDA reads, and an
+HPA that cannot scale out."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ def recording_rules(options: GenerateOptions) -> dict[str, Any]:
             {"record": promql.POD_QUEUE_LENGTH, "expr": promql.pod_queue_length_expr()},
             {"record": promql.POD_LATENCY_BUCKETS, "expr": promql.pod_latency_buckets_expr("1m")},
             {"record": promql.POD_P95_SECONDS, "expr": promql.pod_p95_expr()},
+            # Per workload, for KEDA: read after the per-pod records they sum.
+            {
+                "record": promql.WORKLOAD_QUEUE_LENGTH,
+                "expr": promql.workload_queue_length_expr(),
+            },
+            {
+                "record": promql.WORKLOAD_LATENCY_BUCKETS,
+                "expr": promql.workload_latency_buckets_expr(),
+            },
         ],
     }
 
