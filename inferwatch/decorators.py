@@ -190,11 +190,7 @@ def monitor_inference(
                 f"{fn.__qualname__} is neither (use track_inference's tokens() and finish())"
             )
         if streamed:
-            stream = (
-                _wrap_token_async_generator
-                if inspect.isasyncgenfunction(fn)
-                else _wrap_token_generator
-            )
+            stream = _wrap_async_generator if inspect.isasyncgenfunction(fn) else _wrap_generator
             make: Callable[..., Callable[..., Any]] = functools.partial(
                 stream, count=count, reason=finish_reason
             )
@@ -431,8 +427,14 @@ def _wrap_generator(
     extract: Any,
     traced: _Traced | None,
     on_span: bool = False,
+    *,
+    count: Callable[[Any], int] | None = None,
+    reason: Callable[[Any], str | None] | None = None,
 ) -> Callable[..., Any]:
+    """``count`` or ``reason`` given: the items are tokens, and TTFT, TPOT, output tokens and
+    the finish reason are recorded too."""
     observe_size, record_failure = _recorders(m, on_span)
+    tokens = count is not None or reason is not None
 
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         if traced is not None and tracing_state.enabled:
@@ -441,6 +443,7 @@ def _wrap_generator(
             _observe_batch(extract, observe_size, m, args, kwargs)
         m.active.inc()
         start = perf_counter()
+        generation = _Generation(m, count, reason, start) if tokens else None
         failure: str | None = None
         try:
             gen = fn(*args, **kwargs)
@@ -448,7 +451,10 @@ def _wrap_generator(
                 item = next(gen)
             except StopIteration as stop:
                 return stop.value
-            m.ttfb.observe(perf_counter() - start)
+            now = perf_counter()
+            m.ttfb.observe(now - start)
+            if generation is not None:
+                generation.item(item, now)
             # Forward send/throw/close by hand: `yield from` would hide the first item's timing.
             while True:
                 try:
@@ -466,12 +472,16 @@ def _wrap_generator(
                         item = gen.send(sent)
                     except StopIteration as stop:
                         return stop.value
+                if generation is not None:
+                    generation.item(item, perf_counter())
         except BaseException as exc:
             failure = _reason(exc)
             raise
         finally:
             m.duration.observe(perf_counter() - start)
             m.active.dec()
+            if generation is not None:
+                generation.end(failure is None)
             if failure is None:
                 m.success.inc()
             else:
@@ -486,8 +496,13 @@ def _wrap_async_generator(
     extract: Any,
     traced: _Traced | None,
     on_span: bool = False,
+    *,
+    count: Callable[[Any], int] | None = None,
+    reason: Callable[[Any], str | None] | None = None,
 ) -> Callable[..., Any]:
+    """As ``_wrap_generator``, for async generators."""
     observe_size, record_failure = _recorders(m, on_span)
+    tokens = count is not None or reason is not None
 
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
         if traced is not None and tracing_state.enabled:
@@ -510,6 +525,7 @@ def _wrap_async_generator(
             _observe_batch(extract, observe_size, m, args, kwargs)
         m.active.inc()
         start = perf_counter()
+        generation = _Generation(m, count, reason, start) if tokens else None
         failure: str | None = None
         try:
             gen = fn(*args, **kwargs)
@@ -517,7 +533,10 @@ def _wrap_async_generator(
                 item = await gen.__anext__()
             except StopAsyncIteration:
                 return
-            m.ttfb.observe(perf_counter() - start)
+            now = perf_counter()
+            m.ttfb.observe(now - start)
+            if generation is not None:
+                generation.item(item, now)
             while True:
                 try:
                     sent = yield item
@@ -534,12 +553,16 @@ def _wrap_async_generator(
                         item = await gen.asend(sent)
                     except StopAsyncIteration:
                         return
+                if generation is not None:
+                    generation.item(item, perf_counter())
         except BaseException as exc:
             failure = _reason(exc)
             raise
         finally:
             m.duration.observe(perf_counter() - start)
             m.active.dec()
+            if generation is not None:
+                generation.end(failure is None)
             if failure is None:
                 m.success.inc()
             else:
@@ -615,149 +638,6 @@ class _Generation:
             self._m.tpot.observe((self.last - self.first) / (self.tokens - 1))
         if self.finish is not None:
             self._m.record_finish(self.finish)
-
-
-def _wrap_token_generator(
-    fn: Callable[..., Any],
-    m: ModelInstruments,
-    extract: Any,
-    traced: _Traced | None,
-    on_span: bool = False,
-    *,
-    count: Callable[[Any], int] | None,
-    reason: Callable[[Any], str | None] | None,
-) -> Callable[..., Any]:
-    """A generator whose items are tokens: ``_wrap_generator`` plus TTFT, TPOT, output tokens
-    and the finish reason."""
-    observe_size, record_failure = _recorders(m, on_span)
-
-    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        if traced is not None and tracing_state.enabled:
-            return (yield from traced.generator(args, kwargs))
-        if extract is not None:
-            _observe_batch(extract, observe_size, m, args, kwargs)
-        m.active.inc()
-        start = perf_counter()
-        generation = _Generation(m, count, reason, start)
-        arrived = generation.item
-        failure: str | None = None
-        try:
-            gen = fn(*args, **kwargs)
-            try:
-                item = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            now = perf_counter()
-            m.ttfb.observe(now - start)
-            arrived(item, now)
-            while True:
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    gen.close()
-                    raise
-                except BaseException as exc:
-                    try:
-                        item = gen.throw(exc)
-                    except StopIteration as stop:
-                        return stop.value
-                else:
-                    try:
-                        item = gen.send(sent)
-                    except StopIteration as stop:
-                        return stop.value
-                arrived(item, perf_counter())
-        except BaseException as exc:
-            failure = _reason(exc)
-            raise
-        finally:
-            m.duration.observe(perf_counter() - start)
-            m.active.dec()
-            generation.end(failure is None)
-            if failure is None:
-                m.success.inc()
-            else:
-                record_failure(failure)
-
-    return wrapper
-
-
-def _wrap_token_async_generator(
-    fn: Callable[..., Any],
-    m: ModelInstruments,
-    extract: Any,
-    traced: _Traced | None,
-    on_span: bool = False,
-    *,
-    count: Callable[[Any], int] | None,
-    reason: Callable[[Any], str | None] | None,
-) -> Callable[..., Any]:
-    """An async generator whose items are tokens (see ``_wrap_token_generator``)."""
-    observe_size, record_failure = _recorders(m, on_span)
-
-    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        if traced is not None and tracing_state.enabled:
-            agen = traced.async_generator(args, kwargs)
-            try:
-                item = await agen.__anext__()
-                while True:
-                    try:
-                        sent = yield item
-                    except GeneratorExit:
-                        await agen.aclose()
-                        raise
-                    except BaseException as exc:
-                        item = await agen.athrow(exc)
-                    else:
-                        item = await agen.asend(sent)
-            except StopAsyncIteration:
-                return
-        if extract is not None:
-            _observe_batch(extract, observe_size, m, args, kwargs)
-        m.active.inc()
-        start = perf_counter()
-        generation = _Generation(m, count, reason, start)
-        arrived = generation.item
-        failure: str | None = None
-        try:
-            gen = fn(*args, **kwargs)
-            try:
-                item = await gen.__anext__()
-            except StopAsyncIteration:
-                return
-            now = perf_counter()
-            m.ttfb.observe(now - start)
-            arrived(item, now)
-            while True:
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    await gen.aclose()
-                    raise
-                except BaseException as exc:
-                    try:
-                        item = await gen.athrow(exc)
-                    except StopAsyncIteration:
-                        return
-                else:
-                    try:
-                        item = await gen.asend(sent)
-                    except StopAsyncIteration:
-                        return
-                arrived(item, perf_counter())
-        except BaseException as exc:
-            failure = _reason(exc)
-            raise
-        finally:
-            m.duration.observe(perf_counter() - start)
-            m.active.dec()
-            generation.end(failure is None)
-            if failure is None:
-                m.success.inc()
-            else:
-                record_failure(failure)
-
-    return wrapper
 
 
 class track_inference:
