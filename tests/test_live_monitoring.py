@@ -29,6 +29,7 @@ from support.fake_pynvml import FakeGpu, build, clear_visible_devices, install
 from support.http import serving
 from support.polling import poll
 from support.ports import LOOPBACK, free_port
+from support.processes import end_process
 from support.prometheus import running_prometheus, sidecar_job
 from support.sidecar import running_sidecar
 
@@ -168,12 +169,7 @@ async def process(argv: list[str], log: Path) -> AsyncIterator[subprocess.Popen[
         try:
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            end_process(proc, timeout=10)
 
 
 @pytest.mark.timeout(240)

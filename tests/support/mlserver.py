@@ -22,6 +22,7 @@ import pytest
 
 from support.http import answers_200
 from support.ports import LOOPBACK, free_port
+from support.processes import end_process
 from support.venvs import isolated_venv, run
 
 PACKAGES = (
@@ -170,10 +171,4 @@ def running_mlserver(folder: Path, rows: list[list[float]]) -> Iterator[MLServer
         _wait_ready(server)
         yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(process)

@@ -32,6 +32,7 @@ import pytest
 
 from support.http import answers_200
 from support.ports import LOOPBACK, free_port
+from support.processes import end_process
 from support.venvs import isolated_venv, run
 
 # torch first: pinned to the CPU wheel, so nothing asks for a (multi-GB) CUDA build. The
@@ -196,10 +197,4 @@ def running_openai_server(folder: Path) -> Iterator[OpenAIServer]:
         _wait_ready(server)
         yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(process)

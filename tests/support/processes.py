@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -31,6 +32,17 @@ async def stop_process(process: asyncio.subprocess.Process, timeout: float = 30.
         except asyncio.TimeoutError:
             process.kill()
     return await process.wait()
+
+
+def end_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """``stop_process`` for a process started with ``subprocess.Popen``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # What `inferwatch serve --host 127.0.0.1` prints first on its stdout.
