@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from time import perf_counter
 from typing import Any
 
@@ -321,11 +321,11 @@ class ProxyHandler:
         """Write the upstream's answer to the client; its status decides the outcome."""
         conn = request.conn
         status = message.code
-        headers = list(message.raw_headers)
+        headers = message.raw_headers  # its end-to-end fields, made for this answer alone
         length = None if message.chunked else message.length
         head_only = request.method == "HEAD" or status in (204, 304)
         if head_only and message.length is not None:
-            headers.append((b"Content-Length", b"%d" % message.length))
+            headers = [*headers, (b"Content-Length", b"%d" % message.length)]
         scanner: SSEStreamScanner | None = None
         try:
             if head_only:
@@ -372,7 +372,7 @@ class ProxyHandler:
         exchange: Exchange,
         message: Answer,
         payload: BodyReader,
-        headers: list[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
         length: int | None,
         scanner: SSEStreamScanner | None,
     ) -> None:
