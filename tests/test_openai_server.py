@@ -8,11 +8,15 @@ What "agree" means. The sidecar runs on the test's event loop, so both read the 
 and the sidecar reads each chunk from the server before the client reads it from the
 sidecar. So for each request ``0 <= client TTFT - sidecar TTFT``, and the gap is two loopback
 hops through one event loop (the request in, the first content chunk out): about 0.5 ms here,
-2.5 ms at most in 30 requests (TTFT 6-22 ms, TPOT 1.2-3.5 ms); :data:`RELAY` (5 ms) leaves
-room for a busier 2-core machine (the server's generation runs on the other core). For the
-time per output token both ends of the span (first and last content chunk) carry such a gap,
-which divides by ``tokens - 1``: ``|client TPOT - sidecar TPOT| <= RELAY / (tokens - 1)``
-(161 us for 32 tokens; 7 us at most seen). No absolute timing is asserted.
+2.5 ms at most in 30 requests (TTFT 6-22 ms, TPOT 1.2-3.5 ms), though one request in a few
+hundred meets a scheduler hiccup on a busy 2-core machine (5.6 ms once in CI). So causality is
+asserted for every request, and the gap's *median* over :data:`REQUESTS` requests must stay
+within :data:`RELAY` (5 ms): one stalled relay cannot fail the test, a sidecar that starts or
+stops its clock at the wrong event (the response head, the role-only chunk, the stream's end)
+does on every request. For the time per output token both ends of the span (first and last
+content chunk) carry such a gap, which divides by ``tokens - 1``: the median
+``|client TPOT - sidecar TPOT|`` is within ``RELAY / (tokens - 1)`` (161 us for 32 tokens;
+7 us at most seen). No absolute timing is asserted.
 
 How this server streams (transformers 5.23): a role-only chunk first, one chunk per decoded
 token, then a last chunk holding ``finish_reason`` and ``usage`` (always sent; it refuses
@@ -24,6 +28,7 @@ ends at once (``stop``, one token generated, no content).
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -40,6 +45,7 @@ from inferwatch import schema
 from inferwatch.sidecar.process import Sidecar
 
 RELAY = 0.005  # seconds: the most the relay through the sidecar may add (module docstring)
+REQUESTS = 9  # the gaps' median over this many requests is checked against RELAY
 MAX_TOKENS = 32
 MESSAGES = [{"role": "user", "content": "hello model what is the first token time"}]
 
@@ -188,13 +194,14 @@ async def test_streamed_tokens_and_finish_reasons_match_the_servers_usage(
 
 async def test_streamed_ttft_and_tpot_agree_with_the_clients_clock(server: OpenAIServer) -> None:
     model, never_end = server.model, {str(server.eos_token_id): -100.0}
-    tpot_bound = RELAY / (MAX_TOKENS - 1)
+    ttft_gaps: list[float] = []  # client TTFT - sidecar TTFT, per request
+    tpot_gaps: list[float] = []  # |client TPOT - sidecar TPOT|, per request
     async with (
         running_sidecar(server.url, upstream_ready_path="/health") as sidecar,
         aiohttp.ClientSession() as session,
     ):
         ttft_before = tpot_before = 0.0
-        for done in range(1, 6):
+        for done in range(1, REQUESTS + 1):
             measured = await stream_chat(
                 session, url(sidecar), model=model, max_tokens=MAX_TOKENS, logit_bias=never_end
             )
@@ -207,8 +214,12 @@ async def test_streamed_ttft_and_tpot_agree_with_the_clients_clock(server: OpenA
             # This request's observations: what the sums grew by.
             ttft, tpot = ttft_sum - ttft_before, tpot_sum - tpot_before
             ttft_before, tpot_before = ttft_sum, tpot_sum
-            assert 0.0 <= measured.ttft - ttft <= RELAY, (measured.ttft, ttft)
-            assert abs(measured.tpot - tpot) <= tpot_bound, (measured.tpot, tpot)
+            # Causality: the sidecar's span lies inside the client's.
+            assert measured.ttft - ttft >= 0.0, (measured.ttft, ttft)
+            ttft_gaps.append(measured.ttft - ttft)
+            tpot_gaps.append(abs(measured.tpot - tpot))
+    assert statistics.median(ttft_gaps) <= RELAY, ttft_gaps
+    assert statistics.median(tpot_gaps) <= RELAY / (MAX_TOKENS - 1), tpot_gaps
 
 
 async def test_stop_at_once_counts_one_token_and_no_first_token(server: OpenAIServer) -> None:
