@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import yaml
 
 from inferwatch import schema
+from inferwatch.autoscale.replay import render_adapter_query
 from inferwatch.generate import autoscaling, promql
 from inferwatch.generate.options import GenerateOptions
 
@@ -337,6 +338,10 @@ def hpa_queries(pods: list[str], keda_regex: str, keda_workload: str) -> list[tu
         inner = template.replace("<<.Series>>{<<.LabelMatchers>>}", f"({expr})")
         return inner.replace("<<.GroupBy>>", "pod")
 
+    object_queue, object_p95 = (
+        render_adapter_query(rule, "deployment", NAMESPACE, '="serve"')
+        for rule in hpa_adapter_rules("deployment")
+    )
     keda_workload_sel = (promql.eq("namespace", NAMESPACE), keda_workload)
     keda_sel = f'namespace="{NAMESPACE}",pod=~"{keda_regex}"'
     per_pod_queue = f"sum({queue}{{{keda_sel}}}) or vector(0)"
@@ -352,6 +357,18 @@ def hpa_queries(pods: list[str], keda_regex: str, keda_workload: str) -> list[tu
             "adapter p95",
             adapter_render(adapter_p95, p95, pods),
             adapter_raw(adapter_p95, raw_p95(pod_list, promql.POD_LABELS)),
+        ),
+        # hpa_metric_type Object: the adapter names the Deployment, not its pods. Its record
+        # has a few series per workload whatever the pod count, so "cluster" reads "serve"'s.
+        (
+            "adapter queue, Object metric",
+            object_queue,
+            f"sum({schema.QUEUE_LENGTH.name}{{{keda_sel}}})",
+        ),
+        (
+            "adapter p95, Object metric",
+            object_p95,
+            promql.ms_without_idle(raw_p95(keda_sel, ())),
         ),
         (
             "KEDA queue",
@@ -376,9 +393,14 @@ def hpa_queries(pods: list[str], keda_regex: str, keda_workload: str) -> list[tu
     ]
 
 
-def hpa_adapter_rules() -> list[dict]:
-    """The adapter's rules for the queue length and the p95, in that order."""
-    rules = {r["name"]["as"]: r for r in autoscaling.adapter_rules()}
+def hpa_adapter_rules(resource: str = "pod") -> list[dict]:
+    """The adapter's rules for the queue length and the p95 of pods (Pods metrics) or of a
+    Deployment (Object metrics), in that order."""
+    rules = {
+        r["name"]["as"]: r
+        for r in autoscaling.adapter_rules()
+        if render_adapter_query(r, resource, NAMESPACE, '=""') is not None
+    }
     return [rules[autoscaling.QUEUE_METRIC], rules[autoscaling.P95_METRIC]]
 
 

@@ -423,6 +423,25 @@ def _openmetrics(start: float, seconds: int) -> str:
     return "\n".join([*queue, *p95, *workload, *replicas, "# EOF", ""])
 
 
+def _backfill(tmp_path: Path, promtool: str, start: float, seconds: int) -> None:
+    """_openmetrics' series as a TSDB block under tmp_path/tsdb (running_prometheus's data)."""
+    source = tmp_path / "series.om"
+    source.write_text(_openmetrics(start, seconds))
+    subprocess.run(
+        [
+            promtool,
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            str(source),
+            str(tmp_path / "tsdb"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
 def _png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
@@ -439,21 +458,7 @@ async def test_replay_command_against_prometheus(
 
     seconds = 600
     start = float(int(time.time()) - seconds - 120)
-    source = tmp_path / "series.om"
-    source.write_text(_openmetrics(start, seconds))
-    subprocess.run(
-        [
-            promtool,
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            str(source),
-            str(tmp_path / "tsdb"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    _backfill(tmp_path, promtool, start, seconds)
     config = {"global": {"scrape_interval": "15s"}}
     async with running_prometheus(prometheus, config, tmp_path) as running:
         end = start + seconds - 1
@@ -508,21 +513,7 @@ async def test_replay_keda_scaled_object(tmp_path: Path, prometheus: str, promto
 
     seconds = 300
     start = float(int(time.time()) - seconds - 120)
-    source = tmp_path / "series.om"
-    source.write_text(_openmetrics(start, seconds))
-    subprocess.run(
-        [
-            promtool,
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            str(source),
-            str(tmp_path / "tsdb"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    _backfill(tmp_path, promtool, start, seconds)
     keda = tmp_path / "keda.yaml"
     keda.write_text(
         yaml.safe_dump(autoscaling.keda_scaled_object(GenerateOptions(namespace="prod")))
@@ -543,3 +534,48 @@ async def test_replay_keda_scaled_object(tmp_path: Path, prometheus: str, promto
     cpu = [s for s in plan.sources if s.kind == "cpu"]
     for source in cpu:  # no cAdvisor series here: skipped, and the notes say so
         assert source.skipped and f"skipped {source.metric.label}" in replaying.notes(result)[0]
+
+
+async def test_replay_object_metric_of_the_deployment(
+    tmp_path: Path, prometheus: str, promtool: str
+) -> None:
+    """hpa_metric_type Object: the adapter's query names the Deployment and reads the
+    per-workload record; the HPA divides an AverageValue by the replicas, so the replay sees
+    the same per-pod queue and decides as for the Pods metric, sync by sync."""
+    from inferwatch.generate import autoscaling
+    from inferwatch.generate.options import GenerateOptions
+
+    seconds = 600
+    start = float(int(time.time()) - seconds - 120)
+    _backfill(tmp_path, promtool, start, seconds)
+
+    def queue_only(kind: str) -> replaying.Plan:
+        manifest = autoscaling.hpa(GenerateOptions(namespace="prod", hpa_metric_type=kind))
+        manifest["spec"]["metrics"] = [
+            m for m in manifest["spec"]["metrics"] if "inference_queue_length" in str(m)
+        ]
+        return replaying.hpa_plan(manifest, autoscaling.adapter_rules())
+
+    pods, deployment = queue_only("Pods"), queue_only("Object")
+    (source,) = deployment.sources
+    assert (source.kind, source.metric.source, source.metric.target_type) == (
+        "total",
+        "Object",
+        "AverageValue",
+    )
+    assert source.query == (
+        f"sum by (workload) ({promql.WORKLOAD_QUEUE_LENGTH}"
+        '{namespace="prod",workload="model-server"})'
+    )
+    async with running_prometheus(prometheus, {"global": {}}, tmp_path) as running:
+        end = start + seconds - 1
+        by_pods = replaying.fetch(running.url, pods, start, end)
+        by_deployment = replaying.fetch(running.url, deployment, start, end)
+    assert by_deployment.values == by_pods.values  # the Deployment's total = the pods' sum
+    assert by_deployment.values[0][12] == 80.0
+    from_pods = replaying.replay(pods, by_pods)
+    from_deployment = replaying.replay(deployment, by_deployment)
+    decisions = [s.decision.replicas for s in from_deployment.steps]
+    assert decisions == [s.decision.replicas for s in from_pods.steps]
+    assert max(decisions) > 2  # the 80-deep queue scales it up
+    assert [s.values for s in from_deployment.steps] == [s.values for s in from_pods.steps]

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from inferwatch import cli, generate, schema
+from inferwatch.autoscale.replay import render_adapter_query
 from inferwatch.generate import autoscaling, kubernetes, promql
 from inferwatch.generate.cli import load_options
 from inferwatch.generate.options import AUTOSCALING_PROFILES, GenerateOptions
@@ -115,22 +116,13 @@ def test_alertmanager_config_and_routes(amtool: str) -> None:
         assert done.stdout.strip() == receiver
 
 
-def render_adapter_query(rule: dict[str, Any], namespace: str, pods: list[str]) -> str:
-    """metricsQuery as prometheus-adapter renders it for pods of one namespace."""
-    series = rule["seriesQuery"].split("{")[0]
-    matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
-    return (
-        rule["metricsQuery"]
-        .replace("<<.Series>>", series)
-        .replace("<<.LabelMatchers>>", matchers)
-        .replace("<<.GroupBy>>", "pod")
-    )
-
-
 def test_every_autoscaling_query_parses(tmp_path: Path, promtool: str) -> None:
-    exprs = [
-        render_adapter_query(r, "serving", ["a-1", "a-2"]) for r in autoscaling.adapter_rules()
-    ]
+    exprs = []
+    for rule in autoscaling.adapter_rules():
+        pods = render_adapter_query(rule, "pod", "serving", '=~"a-1|a-2"')
+        deployment = render_adapter_query(rule, "deployment", "serving", '="model-server"')
+        exprs.append(pods or deployment)
+        assert (pods is None) != (deployment is None)  # each rule serves one resource
     for profile in AUTOSCALING_PROFILES:
         options = GenerateOptions(autoscaling_profile=profile)
         scaled = autoscaling.keda_scaled_object(options)
@@ -138,7 +130,7 @@ def test_every_autoscaling_query_parses(tmp_path: Path, promtool: str) -> None:
             t["metadata"]["query"] for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"
         ]
     exprs += list(autoscaling.keda_queries(GenerateOptions()).values())
-    assert len(exprs) == 3 + 2 + 2 + 3
+    assert len(exprs) == 6 + 2 + 2 + 3
     rules = [{"record": f"check:query:{i}", "expr": e} for i, e in enumerate(exprs)]
     path = tmp_path / "queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
@@ -157,17 +149,34 @@ def test_adapter_serves_the_hpa_metric_names() -> None:
             ROOT / generate.KUBERNETES / "prometheus-adapter/prometheus-adapter-config.yaml"
         ).read_text()
     )
-    served = {r["name"]["as"] for r in rules}
-    assert served == {"inference_queue_length", "p95_latency_ms", "kv_cache_usage_ratio"}
-    # One adapter install serves either profile's HPA: every pods metric of both.
+
+    def served(resource: str) -> set[str]:
+        return {
+            r["name"]["as"]
+            for r in rules
+            if render_adapter_query(r, resource, "ns", '="x"') is not None
+        }
+
+    names = {"inference_queue_length", "p95_latency_ms", "kv_cache_usage_ratio"}
+    assert served("pod") == served("deployment") == names
+    # One adapter install serves any generated HPA: both profiles, Pods or Object metrics.
     for profile in AUTOSCALING_PROFILES:
-        spec = autoscaling.hpa(GenerateOptions(autoscaling_profile=profile))["spec"]
-        wanted = {m["pods"]["metric"]["name"] for m in spec["metrics"] if m["type"] == "Pods"}
-        assert wanted <= served
+        for kind, resource in (("Pods", "pod"), ("Object", "deployment")):
+            options = GenerateOptions(autoscaling_profile=profile, hpa_metric_type=kind)
+            spec = autoscaling.hpa(options)["spec"]
+            key = kind.lower()
+            wanted = {m[key]["metric"]["name"] for m in spec["metrics"] if m["type"] == kind}
+            assert wanted and wanted <= served(resource)
     for rule in rules:
         assert "<<.GroupBy>>" in rule["metricsQuery"].split(")")[0]  # inside the aggregation
-    (kv,) = [r for r in rules if r["name"]["as"] == "kv_cache_usage_ratio"]
-    assert kv["seriesQuery"] == 'model_kv_cache_usage_ratio{namespace!="",pod!=""}'
+    kv = [r for r in rules if r["name"]["as"] == "kv_cache_usage_ratio"]
+    assert [r["seriesQuery"] for r in kv] == [
+        'model_kv_cache_usage_ratio{namespace!="",pod!=""}',
+        f'{promql.WORKLOAD_KV_CACHE_USAGE}{{namespace!="",workload!=""}}',
+    ]
+    # A Deployment's metrics: the workload label is the Deployment (group apps).
+    overrides = {r["resources"]["overrides"]["workload"]["resource"] for r in rules[3:]}
+    assert overrides == {"deployment"}
     # The family the sidecar exports (a 0-1 gauge per source and model) is the one it reads.
     family = schema.KV_CACHE_USAGE
     assert family.name == promql.KV_CACHE_USAGE_RATIO
@@ -235,6 +244,63 @@ def test_the_generated_hpa_is_the_seed_hpa() -> None:
     kubernetes_validate.validate(hpa, "1.30", strict=True)
 
 
+def test_object_metrics_read_the_deployment() -> None:
+    """hpa_metric_type Object: the same targets, as metrics of the Deployment (the queue and
+    the KV cache summed over its pods and divided by the HPA, the p95 the Deployment's)."""
+    options = GenerateOptions(namespace="serving", deployment="bert", hpa_metric_type="Object")
+    spec = autoscaling.hpa(options)["spec"]
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "bert"}
+    cpu, queue, p95 = spec["metrics"]
+    assert cpu["type"] == "Resource"
+    assert queue == {
+        "type": "Object",
+        "object": {
+            "describedObject": deployment,
+            "metric": {"name": "inference_queue_length"},
+            "target": {"type": "AverageValue", "averageValue": "10"},
+        },
+    }
+    assert p95 == {
+        "type": "Object",
+        "object": {
+            "describedObject": deployment,
+            "metric": {"name": "p95_latency_ms"},
+            "target": {"type": "Value", "value": "100"},
+        },
+    }
+    llm = GenerateOptions(autoscaling_profile="llm", hpa_metric_type="Object")
+    queue, kv = autoscaling.hpa(llm)["spec"]["metrics"]
+    assert (queue["type"], kv["type"]) == ("Object", "Object")
+    assert kv["object"]["metric"] == {"name": "kv_cache_usage_ratio"}
+    assert kv["object"]["target"] == {"type": "AverageValue", "averageValue": "0.8"}
+    # Everything but the metrics is the seed's.
+    seed = autoscaling.hpa(GenerateOptions(namespace="serving", deployment="bert"))
+    assert {k: v for k, v in spec.items() if k != "metrics"} == {
+        k: v for k, v in seed["spec"].items() if k != "metrics"
+    }
+    kubernetes_validate.validate(autoscaling.hpa(options), "1.30", strict=True)
+    kubernetes_validate.validate(autoscaling.hpa(llm), "1.30", strict=True)
+    # What the adapter runs for the Deployment: its per-workload records, no pod names.
+    queries = {
+        r["name"]["as"]: render_adapter_query(r, "deployment", "serving", '="bert"')
+        for r in autoscaling.adapter_rules()[3:]
+    }
+    selector = 'namespace="serving",workload="bert"'
+    assert queries["inference_queue_length"] == (
+        f"sum by (workload) ({promql.WORKLOAD_QUEUE_LENGTH}{{{selector}}})"
+    )
+    assert queries["p95_latency_ms"] == (
+        "1000 * (histogram_quantile(0.95, sum by (workload, le) "
+        f"({promql.WORKLOAD_LATENCY_BUCKETS}{{{selector}}})) >= 0) "
+        f'or 0 * sum by (workload) ({promql.WORKLOAD_LATENCY_BUCKETS}{{{selector},le="+Inf"}})'
+    )
+
+
+def test_an_unknown_hpa_metric_type_is_named() -> None:
+    with pytest.raises(ValueError, match="hpa_metric_type must be one of Pods, Object, got 'pods'"):
+        GenerateOptions(hpa_metric_type="pods")
+
+
 def test_the_keda_scaled_object_scales_as_the_seed_hpa() -> None:
     scaled = yaml.safe_load(
         (ROOT / generate.KUBERNETES / "keda/keda-scaledobject.yaml").read_text()
@@ -288,6 +354,9 @@ def test_keda_reads_one_workloads_records() -> None:
         "1000 * (histogram_quantile(0.95, sum by (le) "
         f"({promql.WORKLOAD_LATENCY_BUCKETS}{{{workload}}})) >= 0) or vector(0)"
     )
+    assert queries["kv_cache_usage_ratio"] == (
+        f"sum({promql.WORKLOAD_KV_CACHE_USAGE}{{{workload}}}) or vector(0)"
+    )
     # level:metric:operations, the level naming the labels each record keeps.
     assert promql.WORKLOAD_QUEUE_LENGTH == "namespace_workload:model_inference_queue_length:sum"
     assert promql.WORKLOAD_LATENCY_BUCKETS == (
@@ -299,6 +368,7 @@ def test_keda_reads_one_workloads_records() -> None:
     order = [r["record"] for r in group["rules"]]
     assert order.index(promql.POD_QUEUE_LENGTH) < order.index(promql.WORKLOAD_QUEUE_LENGTH)
     assert order.index(promql.POD_LATENCY_BUCKETS) < order.index(promql.WORKLOAD_LATENCY_BUCKETS)
+    assert promql.WORKLOAD_KV_CACHE_USAGE in order
 
 
 def test_workload_records_sum_a_deployments_pods(tmp_path: Path, promtool: str) -> None:
@@ -313,8 +383,19 @@ def test_workload_records_sum_a_deployments_pods(tmp_path: Path, promtool: str) 
         "llm-0": ("llm-0", 6, 16),
     }
     series = []
-    for pod, (_, queue, per_second) in pods.items():
+    kv_total: dict[str, float] = {}
+    for pod, (workload, queue, per_second) in pods.items():
         labels = f'namespace="serving",pod="{pod}",model_name="m"'
+        # Two models' KV caches in each pod: the fullest counts, summed over the workload.
+        for model, kv in (("a", per_second / 32), ("b", per_second / 64)):
+            series.append(
+                {
+                    "series": f"{promql.KV_CACHE_USAGE_RATIO}"
+                    f'{{namespace="serving",pod="{pod}",model_name="{model}",source="server"}}',
+                    "values": f"{kv}x20",
+                }
+            )
+        kv_total[workload] = kv_total.get(workload, 0.0) + per_second / 32
         series.append(
             {
                 "series": f'model_inference_queue_length{{{labels},source="sidecar"}}',
@@ -366,6 +447,18 @@ def test_workload_records_sum_a_deployments_pods(tmp_path: Path, promtool: str) 
                         "eval_time": "4m",
                         "exp_samples": bucket_samples,
                     },
+                    {
+                        "expr": promql.WORKLOAD_KV_CACHE_USAGE,
+                        "eval_time": "4m",
+                        "exp_samples": [
+                            {
+                                "labels": f"{promql.WORKLOAD_KV_CACHE_USAGE}"
+                                f'{{namespace="serving",workload="{w}"}}',
+                                "value": kv,
+                            }
+                            for w, kv in kv_total.items()
+                        ],
+                    },
                 ],
             }
         ],
@@ -374,6 +467,7 @@ def test_workload_records_sum_a_deployments_pods(tmp_path: Path, promtool: str) 
     done = run(promtool, "test", "rules", "tests.yaml", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert expected["bert"] == (8, 7)
+    assert kv_total["bert"] == 7 / 32
 
 
 def test_every_autoscaling_value_follows_its_option() -> None:
@@ -452,9 +546,10 @@ def test_the_llm_profile_scales_on_waiting_requests_and_kv_cache() -> None:
         "AverageValue",
         "0.75",
     )
+    # The workload's pods only (not a same-prefix "model-server-canary"'s), from the record.
     assert kv["metadata"]["query"] == (
-        'sum(max by (namespace, pod) (model_kv_cache_usage_ratio{namespace="default",'
-        'pod=~"model-server-.*"})) or vector(0)'
+        "sum(namespace_workload:model_kv_cache_usage_ratio:sum"
+        '{namespace="default",workload="model-server"}) or vector(0)'
     )
     assert queue["metadata"]["query"] == autoscaling.keda_queries(options)["inference_queue_length"]
     # The queue signal is the same recorded sum of every source's queue (server's included).

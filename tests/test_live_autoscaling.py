@@ -23,6 +23,7 @@ from support.prometheus import running_prometheus, sidecar_job
 from support.sidecar import running_sidecar
 
 from inferwatch import generate
+from inferwatch.autoscale.replay import render_adapter_query
 from inferwatch.generate import autoscaling, promql
 from inferwatch.generate.options import GenerateOptions
 
@@ -64,15 +65,17 @@ async def instant(
     return result
 
 
-def adapter_query(name: str) -> str:
-    """The adapter rule's metricsQuery as prometheus-adapter renders it for our one pod."""
-    (rule,) = (r for r in autoscaling.adapter_rules() if r["name"]["as"] == name)
-    return (
-        rule["metricsQuery"]
-        .replace("<<.Series>>", rule["seriesQuery"].split("{")[0])
-        .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{POD}"')
-        .replace("<<.GroupBy>>", "pod")
-    )
+def adapter_query(name: str, resource: str = "pod") -> str:
+    """The adapter rule's metricsQuery as prometheus-adapter renders it for our one pod, or
+    for its Deployment (an Object metric)."""
+    match = f'=~"{POD}"' if resource == "pod" else '="model-server"'
+    (query,) = [
+        query
+        for rule in autoscaling.adapter_rules()
+        if rule["name"]["as"] == name
+        and (query := render_adapter_query(rule, resource, NAMESPACE, match))
+    ]
+    return query
 
 
 async def test_adapter_and_keda_queries_see_the_model_servers_own_queue(
@@ -116,6 +119,25 @@ async def test_adapter_and_keda_queries_see_the_model_servers_own_queue(
             assert series["metric"] == {"pod": POD}
             kv = await instant(http, running.url, adapter_query("kv_cache_usage_ratio"))
             assert [float(r["value"][1]) for r in kv] == [0.5]
+            # The same as metrics of the Deployment (hpa_metric_type Object): one value each,
+            # from the per-workload records.
+            queue = adapter_query("inference_queue_length", "deployment")
+            await poll(
+                lambda: instant(http, running.url, queue),
+                "the adapter's inference_queue_length for the Deployment",
+                timeout=60,
+            )
+            (series,) = await instant(http, running.url, queue)
+            assert series["metric"] == {"workload": "model-server"}
+            assert float(series["value"][1]) == WAITING
+            kv = await instant(
+                http, running.url, adapter_query("kv_cache_usage_ratio", "deployment")
+            )
+            assert [float(r["value"][1]) for r in kv] == [0.5]
+            keda_kv = autoscaling.keda_queries(options)["kv_cache_usage_ratio"]
+            assert [float(r["value"][1]) for r in await instant(http, running.url, keda_kv)] == [
+                0.5
+            ]
             # KEDA's trigger, as the ScaledObject sends it for the deployment's pods.
             result = await instant(http, running.url, queue_trigger["metadata"]["query"])
             assert [float(r["value"][1]) for r in result] == [WAITING]

@@ -34,6 +34,7 @@ from support.prometheus import running_prometheus, sidecar_job
 from support.sidecar import running_sidecar
 
 from inferwatch import generate, monitor_inference
+from inferwatch.autoscale.replay import render_adapter_query
 from inferwatch.generate import autoscaling, dashboards
 from inferwatch.generate.options import GenerateOptions
 from inferwatch.gpu import start_gpu_metrics
@@ -301,19 +302,26 @@ async def test_dashboards_rules_adapter_and_alerts_live(
             except AssertionError:
                 pytest.fail("panels without data:\n" + "\n".join(await panels_without_data()))
 
-            # prometheus-adapter's queries, rendered as it renders them for this one pod.
-            matchers = f'namespace="{NAMESPACE}",pod=~"{POD}"'
-            values = {}
+            # prometheus-adapter's queries, rendered as it renders them for this one pod and
+            # for its workload (a pod named like a StatefulSet's is its own workload).
+            values, workload_values = {}, {}
             for rule in autoscaling.adapter_rules():
-                expr = (
-                    rule["metricsQuery"]
-                    .replace("<<.Series>>", rule["seriesQuery"].split("{")[0])
-                    .replace("<<.LabelMatchers>>", matchers)
-                    .replace("<<.GroupBy>>", "pod")
-                )
-                result = await query(http, prom, expr)
-                assert [r["metric"] for r in result] == [{"pod": POD}], expr
-                values[rule["name"]["as"]] = float(result[0]["value"][1])
+                for resource, label, found in (
+                    ("pod", "pod", values),
+                    ("deployment", "workload", workload_values),
+                ):
+                    expr = render_adapter_query(rule, resource, NAMESPACE, f'=~"{POD}"')
+                    if expr is None:
+                        continue
+                    result = await query(http, prom, expr)
+                    assert [r["metric"] for r in result] == [{label: POD}], expr
+                    found[rule["name"]["as"]] = float(result[0]["value"][1])
+            # One pod: its workload's queue and KV cache are its own.
+            assert workload_values["inference_queue_length"] == values["inference_queue_length"]
+            assert workload_values["kv_cache_usage_ratio"] == values["kv_cache_usage_ratio"]
+            assert workload_values["p95_latency_ms"] == pytest.approx(
+                values["p95_latency_ms"], rel=0.25
+            )
             assert values["inference_queue_length"] >= 0
             # the sidecar's own p95 in ms, as Prometheus computes it from the same buckets
             p95 = await query(

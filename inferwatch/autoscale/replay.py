@@ -5,10 +5,11 @@ triggers); their values over the range are fetched with range queries at the con
 period, and the HPA algorithm (``inferwatch.autoscale.hpa``) runs sync by sync.
 
 The model of the world: the load is what was observed; the replay's replicas share it. A pods
-metric with an AverageValue target (and an External or Object AverageValue) is the observed total
-over the deployment's pods divided by the replay's replicas; a CPU utilization is the observed CPU
-seconds over the replay's replicas' requests; a Value target (a latency in KEDA's trigger) is
-taken as observed. New replicas are ready at the next sync.
+metric with an AverageValue target (and an External or Object AverageValue: the queue summed
+over the Deployment) is the observed total over the deployment's pods divided by the replay's
+replicas; a CPU utilization is the observed CPU seconds over the replay's replicas' requests; a
+Value target (a latency: KEDA's trigger, the Deployment's Object metric) is taken as observed.
+New replicas are ready at the next sync.
 """
 
 from __future__ import annotations
@@ -75,28 +76,55 @@ def _exposed_name(rule: Mapping[str, Any], series: str) -> str:
     return match.expand(python) if match else series
 
 
-def adapter_query(
-    rules: Sequence[Mapping[str, Any]], name: str, namespace: str, deployment: str
+def _resource(name: str) -> str:
+    """A resource as the adapter's overrides may spell it: "deployment", "deployments"."""
+    return name.lower().removesuffix("s")
+
+
+def _resource_labels(rule: Mapping[str, Any]) -> dict[str, str]:
+    """Resource ("namespace", "pod", "deployment") -> the label an adapter rule maps to it; a
+    rule without overrides is taken as using the usual namespace and pod labels."""
+    overrides = (rule.get("resources") or {}).get("overrides") or {}
+    if not overrides:
+        return {"namespace": "namespace", "pod": "pod"}
+    return {_resource(str(v.get("resource"))): str(k) for k, v in overrides.items()}
+
+
+def render_adapter_query(
+    rule: Mapping[str, Any], resource: str, namespace: str, match: str
 ) -> str | None:
-    """The PromQL prometheus-adapter would run for the pods metric ``name`` over one
-    deployment's pods: <<.Series>> the rule's series, <<.LabelMatchers>> the namespace and the
-    deployment's pods, <<.GroupBy>> the pod label."""
+    """``rule``'s metricsQuery as prometheus-adapter renders it for objects of ``resource`` in
+    ``namespace``: <<.Series>> the rule's series, <<.LabelMatchers>> the namespace and the
+    object label with ``match`` (``=~"a|b"``: the adapter lists the names), <<.GroupBy>> that
+    label. None if the rule serves other resources."""
+    labels = _resource_labels(rule)
+    if resource not in labels:
+        return None
+    label, ns_label = labels[resource], labels.get("namespace", "namespace")
+    query = str(rule.get("metricsQuery", "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"))
+    return (
+        query.replace("<<.Series>>", _series_name(str(rule["seriesQuery"])))
+        .replace("<<.LabelMatchers>>", f'{ns_label}="{namespace}",{label}{match}')
+        .replace("<<.GroupBy>>", label)
+    )
+
+
+def adapter_query(
+    rules: Sequence[Mapping[str, Any]],
+    name: str,
+    namespace: str,
+    deployment: str,
+    resource: str = "pod",
+) -> str | None:
+    """The PromQL prometheus-adapter would run for the metric ``name`` of a deployment's pods
+    (``resource`` "pod": the pods named after it) or of the Deployment itself ("deployment")."""
+    match = f'=~"{deployment}-.*"' if resource == "pod" else f'="{deployment}"'
     for rule in rules:
-        series = _series_name(str(rule["seriesQuery"]))
-        if _exposed_name(rule, series) != name:
+        if _exposed_name(rule, _series_name(str(rule["seriesQuery"]))) != name:
             continue
-        overrides = (rule.get("resources") or {}).get("overrides") or {}
-        labels = {str(v.get("resource")): str(k) for k, v in overrides.items()}
-        ns_label, pod_label = labels.get("namespace", "namespace"), labels.get("pod", "pod")
-        matchers = f'{ns_label}="{namespace}",{pod_label}=~"{deployment}-.*"'
-        query = str(
-            rule.get("metricsQuery", "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)")
-        )
-        return (
-            query.replace("<<.Series>>", series)
-            .replace("<<.LabelMatchers>>", matchers)
-            .replace("<<.GroupBy>>", pod_label)
-        )
+        query = render_adapter_query(rule, resource, namespace, match)
+        if query is not None:
+            return query
     return None
 
 
@@ -111,6 +139,24 @@ def cpu_queries(namespace: str, deployment: str) -> tuple[str, str]:
     return usage, requests
 
 
+def object_source(
+    metric: hpa.Metric,
+    body: Mapping[str, Any],
+    adapter_rules: Sequence[Mapping[str, Any]],
+    namespace: str,
+) -> Source:
+    """An Object metric of a Deployment: one number, the adapter's query for that object."""
+    described = body.get("describedObject") or {}
+    if described.get("kind") != "Deployment":
+        return Source(metric, "total", skipped=f"Object {metric.name} of a {described.get('kind')}")
+    query = adapter_query(
+        adapter_rules, metric.name, namespace, str(described.get("name")), "deployment"
+    )
+    if query is None:
+        return Source(metric, "total", skipped="no adapter rule serves it for deployments")
+    return Source(metric, "total", query)
+
+
 def hpa_plan(
     manifest: Mapping[str, Any],
     adapter_rules: Sequence[Mapping[str, Any]],
@@ -120,13 +166,15 @@ def hpa_plan(
     ns = namespace or str(manifest.get("metadata", {}).get("namespace") or "default")
     deployment = str(manifest["spec"]["scaleTargetRef"]["name"])
     sources = []
-    for metric in spec.metrics:
+    for metric, doc in zip(spec.metrics, manifest["spec"].get("metrics", []), strict=True):
         if metric.source == "Pods":
             query = adapter_query(adapter_rules, metric.name, ns, deployment)
             if query is None:
                 sources.append(Source(metric, "pods", skipped="no adapter rule serves it"))
             else:
                 sources.append(Source(metric, "pods", query))
+        elif metric.source == "Object":
+            sources.append(object_source(metric, doc["object"], adapter_rules, ns))
         elif metric.source == "Resource" and metric.name == "cpu":
             usage, requests = cpu_queries(ns, deployment)
             sources.append(Source(metric, "cpu", usage, requests))

@@ -12,6 +12,12 @@ from inferwatch import schema
 # included) and the model server's KV-cache usage; a generation's latency grows with its
 # output length and a GPU-bound server's CPU says little, so neither is a scaling signal there.
 AUTOSCALING_PROFILES = ("default", "llm")
+# How the HPA reads the queue, latency and KV-cache metrics through prometheus-adapter.
+# Pods: one value per pod, averaged by the HPA (the seed's HPA). Object: one value for the
+# Deployment, from the per-workload records: the adapter's query then names no pods, so it
+# stays a few milliseconds however many replicas there are (a Pods query carries every pod's
+# name: 185 ms at 10,000 pods, benchmarks/bench_autoscaling_scale.py).
+HPA_METRIC_TYPES = ("Pods", "Object")
 
 # The pod's fixed ports, in deploy/kubernetes/ and compose/: the reference model server's HTTP
 # port, and the sidecar's HTTP proxy, gRPC proxy and admin ports (the containers share one
@@ -39,6 +45,7 @@ class GenerateOptions:
     grpc_readiness_probe: bool = False
     # Autoscaling: the profile (AUTOSCALING_PROFILES), the targets of its metrics, the bounds.
     autoscaling_profile: str = "default"
+    hpa_metric_type: str = "Pods"  # HPA_METRIC_TYPES
     cpu_utilization_target: int = 70  # percent of the pod's CPU requests (default profile)
     queue_length_target: int = 10  # waiting requests per pod, on average (both profiles)
     p95_latency_target_ms: int = 100  # per pod, on average (default profile)
@@ -167,6 +174,11 @@ class GenerateOptions:
             problems.append(
                 f"autoscaling_profile must be one of {', '.join(AUTOSCALING_PROFILES)}, "
                 f"got {self.autoscaling_profile!r}"
+            )
+        if self.hpa_metric_type not in HPA_METRIC_TYPES:
+            problems.append(
+                f"hpa_metric_type must be one of {', '.join(HPA_METRIC_TYPES)}, "
+                f"got {self.hpa_metric_type!r}"
             )
         for name in ("cpu_utilization_target", "queue_length_target", "p95_latency_target_ms"):
             value = getattr(self, name)

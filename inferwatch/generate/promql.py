@@ -316,6 +316,7 @@ POD_LATENCY_BUCKETS = f"namespace_pod_le:{schema.INFERENCE_DURATION.bucket}:rate
 WORKLOAD_LABELS = ("namespace", "workload")
 WORKLOAD_QUEUE_LENGTH = f"namespace_workload:{schema.QUEUE_LENGTH.name}:sum"
 WORKLOAD_LATENCY_BUCKETS = f"namespace_workload_le:{schema.INFERENCE_DURATION.bucket}:rate1m"
+WORKLOAD_KV_CACHE_USAGE = f"namespace_workload:{schema.KV_CACHE_USAGE.name}:sum"
 # A Deployment's (or a Rollout's) pods are named <workload>-<pod-template-hash>-<suffix>: the
 # hash is at most 10 characters, the suffix 5 (Kubernetes' generateName). A pod named otherwise
 # (a StatefulSet's <name>-0, a bare pod) is its own workload: never summed into another's.
@@ -340,6 +341,11 @@ def workload_queue_length_expr() -> str:
 def workload_latency_buckets_expr() -> str:
     """Per workload, from the per-pod bucket record: one series per bound, whatever the pods."""
     return sum_by([*WORKLOAD_LABELS, "le"], pod_workload(POD_LATENCY_BUCKETS))
+
+
+def workload_kv_cache_usage_expr() -> str:
+    """Per workload: each pod's fullest KV cache, summed (over the replicas, the pods' mean)."""
+    return sum_by(WORKLOAD_LABELS, pod_workload(kv_cache_usage_max("", POD_LABELS)))
 
 
 def pod_queue_length_expr() -> str:
@@ -389,11 +395,19 @@ def pod_p95_ms(selector: str) -> str:
 ADAPTER_SUM_QUERY = "sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})"
 ADAPTER_MS_QUERY = "1000 * max by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>} >= 0)"
 ADAPTER_MAX_QUERY = "max by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})"
+# An object metric on a Deployment (GroupBy: the workload label): the p95 of the workload's
+# buckets, 0 while idle (an object without a value would fail the HPA's metric, not idle it).
+ADAPTER_WORKLOAD_MS_QUERY = (
+    "1000 * (histogram_quantile(0.95, sum by (<<.GroupBy>>, le) "
+    "(<<.Series>>{<<.LabelMatchers>>})) >= 0) "
+    'or 0 * sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>,le="+Inf"})'
+)
 
 
-def adapter_series(record: str) -> str:
-    """The adapter's discovery query: the recorded series of pods it can serve."""
-    return record + selector(ne("namespace", ""), ne("pod", ""))
+def adapter_series(record: str, resource_label: str = "pod") -> str:
+    """The adapter's discovery query: the recorded series of the objects (pods, workloads) it
+    can serve."""
+    return record + selector(ne("namespace", ""), ne(resource_label, ""))
 
 
 def deployment_queue_length(matchers: Sequence[str]) -> str:
@@ -402,10 +416,11 @@ def deployment_queue_length(matchers: Sequence[str]) -> str:
     return f"{total(instant(WORKLOAD_QUEUE_LENGTH, selector(*matchers)))} or vector(0)"
 
 
-def deployment_kv_cache_usage(pods: Sequence[str]) -> str:
-    """KEDA: each pod's KV-cache usage summed over the deployment (divided by replicas as an
-    AverageValue, the same as the pods metric); one element, 0 without pods."""
-    return f"{total(pod_kv_cache_usage(selector(*pods)))} or vector(0)"
+def deployment_kv_cache_usage(matchers: Sequence[str]) -> str:
+    """KEDA: each pod's KV-cache usage summed over a workload's pods, from the per-workload
+    record (divided by replicas as an AverageValue, the same as the pods metric); one element,
+    0 without pods."""
+    return f"{total(instant(WORKLOAD_KV_CACHE_USAGE, selector(*matchers)))} or vector(0)"
 
 
 def deployment_p95_ms(matchers: Sequence[str]) -> str:

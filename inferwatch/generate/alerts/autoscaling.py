@@ -18,7 +18,8 @@ def recording_rules(options: GenerateOptions) -> dict[str, Any]:
             {"record": promql.POD_QUEUE_LENGTH, "expr": promql.pod_queue_length_expr()},
             {"record": promql.POD_LATENCY_BUCKETS, "expr": promql.pod_latency_buckets_expr("1m")},
             {"record": promql.POD_P95_SECONDS, "expr": promql.pod_p95_expr()},
-            # Per workload, for KEDA: read after the per-pod records they sum.
+            # Per workload, for KEDA and the HPA's Object metrics: read after the per-pod
+            # records they sum.
             {
                 "record": promql.WORKLOAD_QUEUE_LENGTH,
                 "expr": promql.workload_queue_length_expr(),
@@ -26,6 +27,10 @@ def recording_rules(options: GenerateOptions) -> dict[str, Any]:
             {
                 "record": promql.WORKLOAD_LATENCY_BUCKETS,
                 "expr": promql.workload_latency_buckets_expr(),
+            },
+            {
+                "record": promql.WORKLOAD_KV_CACHE_USAGE,
+                "expr": promql.workload_kv_cache_usage_expr(),
             },
         ],
     }
