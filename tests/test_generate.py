@@ -296,6 +296,18 @@ def test_object_metrics_read_the_deployment() -> None:
     )
 
 
+def test_the_autoscaling_rules_interval_follows_its_option() -> None:
+    def group(**options: Any) -> dict[str, Any]:
+        groups = generate.rules.recording_rules(GenerateOptions(**options))["groups"]
+        return next(g for g in groups if g["name"] == "inferwatch.autoscaling")  # type: ignore[no-any-return]
+
+    assert "interval" not in group()  # Prometheus' evaluation_interval
+    assert group(autoscaling_rules_interval_seconds=30)["interval"] == "30s"
+    assert group(autoscaling_rules_interval_seconds=120)["interval"] == "2m"
+    with pytest.raises(ValueError, match="autoscaling_rules_interval_seconds must be 0"):
+        GenerateOptions(autoscaling_rules_interval_seconds=-1)
+
+
 def test_an_unknown_hpa_metric_type_is_named() -> None:
     with pytest.raises(ValueError, match="hpa_metric_type must be one of Pods, Object, got 'pods'"):
         GenerateOptions(hpa_metric_type="pods")
@@ -371,6 +383,16 @@ def test_keda_reads_one_workloads_records() -> None:
     assert promql.WORKLOAD_KV_CACHE_USAGE in order
 
 
+LONG_46 = "inference-server-text-generation-llama-3-8b-it"  # Deployment names
+LONG_50 = "inference-server-text-generation-llama-3-8b-instru"
+LONG_56 = "inference-server-text-generation-llama-3-8b-instruct-v2b"
+
+
+def pod_of(deployment: str, template_hash: str, suffix: str = "x2z9q") -> str:
+    """A Deployment's pod name as Kubernetes makes it (generateName cut at 58, then 5)."""
+    return f"{deployment}-{template_hash}-"[:58] + suffix
+
+
 def test_workload_records_sum_a_deployments_pods(tmp_path: Path, promtool: str) -> None:
     """promtool evaluates the generated rules on raw series: each pod goes to its Deployment
     (the name less the ReplicaSet hash and the pod's suffix); a pod named otherwise (a
@@ -381,7 +403,14 @@ def test_workload_records_sum_a_deployments_pods(tmp_path: Path, promtool: str) 
         "bert-66b4f9d8c-x2z9q": ("bert", 1, 4),  # the next ReplicaSet, mid-rollout
         "bert-canary-5c4b3a2d1-klmno": ("bert-canary", 5, 8),
         "llm-0": ("llm-0", 6, 16),
+        # Long names: Kubernetes cuts <deployment>-<hash>- at 58 characters, then adds 5.
+        pod_of(LONG_46, "6d5c4b3a29"): (LONG_46, 2, 1),  # 63 characters, nothing cut
+        pod_of(LONG_50, "6d5c4b3a29"): (LONG_50, 3, 2),  # the hash cut to 7
+        pod_of(LONG_50, "8e7f6a5b4c", "zz9y8"): (LONG_50, 4, 4),
+        pod_of(LONG_56, "6d5c4b3a29"): (LONG_56, 5, 8),  # the hash cut to 1
     }
+    assert {len(p) for p in pods if p.startswith("inference-")} == {63}
+    assert [len(name) for name in (LONG_46, LONG_50, LONG_56)] == [46, 50, 56]
     series = []
     kv_total: dict[str, float] = {}
     for pod, (workload, queue, per_second) in pods.items():

@@ -46,6 +46,10 @@ class GenerateOptions:
     # Autoscaling: the profile (AUTOSCALING_PROFILES), the targets of its metrics, the bounds.
     autoscaling_profile: str = "default"
     hpa_metric_type: str = "Pods"  # HPA_METRIC_TYPES
+    # How often Prometheus evaluates the autoscaling records (0: its global
+    # evaluation_interval). Past a few thousand pods one evaluation takes seconds (about 13 s
+    # at 10,000 pods, benchmarks/bench_autoscaling_scale.py): set it above that.
+    autoscaling_rules_interval_seconds: int = 0
     cpu_utilization_target: int = 70  # percent of the pod's CPU requests (default profile)
     queue_length_target: int = 10  # waiting requests per pod, on average (both profiles)
     p95_latency_target_ms: int = 100  # per pod, on average (default profile)
@@ -179,6 +183,11 @@ class GenerateOptions:
             problems.append(
                 f"hpa_metric_type must be one of {', '.join(HPA_METRIC_TYPES)}, "
                 f"got {self.hpa_metric_type!r}"
+            )
+        if self.autoscaling_rules_interval_seconds < 0:
+            problems.append(
+                "autoscaling_rules_interval_seconds must be 0 (Prometheus' evaluation_interval) "
+                f"or positive, got {self.autoscaling_rules_interval_seconds}"
             )
         for name in ("cpu_utilization_target", "queue_length_target", "p95_latency_target_ms"):
             value = getattr(self, name)

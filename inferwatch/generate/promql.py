@@ -321,11 +321,23 @@ WORKLOAD_KV_CACHE_USAGE = f"namespace_workload:{schema.KV_CACHE_USAGE.name}:sum"
 # hash is at most 10 characters, the suffix 5 (Kubernetes' generateName). A pod named otherwise
 # (a StatefulSet's <name>-0, a bare pod) is its own workload: never summed into another's.
 POD_NAME_WORKLOAD_RE = "(.+?)(?:-[a-z0-9]{1,10}-[a-z0-9]{5})?"
+# Kubernetes cuts a generateName base at 58 characters before adding the 5: a Deployment named
+# with 47-56 characters has 63-character pods, <workload>-<hash cut><suffix> with no dash
+# between the hash and the suffix. One alternative a length (RE2 has no lookahead), each its own
+# group: the replacement joins them, only the matching one is non-empty. No other pod name
+# matches: the part after the last dash is 6-15 characters here, 5 in a whole one.
+TRUNCATED_POD_LENGTHS = range(47, 57)
+TRUNCATED_POD_NAME_RE = "|".join(f"(.{{{k}}})-[a-z0-9]{{{62 - k}}}" for k in TRUNCATED_POD_LENGTHS)
+TRUNCATED_POD_WORKLOAD = "".join(f"${{{i + 1}}}" for i in range(len(TRUNCATED_POD_LENGTHS)))
 
 
 def pod_workload(expr: str) -> str:
     """``expr`` (per pod) with a ``workload`` label: the Deployment its pod belongs to."""
-    return f'label_replace({expr}, "workload", "$1", "pod", "{POD_NAME_WORKLOAD_RE}")'
+    whole = f'label_replace({expr}, "workload", "$1", "pod", "{POD_NAME_WORKLOAD_RE}")'
+    return (
+        f'label_replace({whole}, "workload", "{TRUNCATED_POD_WORKLOAD}", "pod", '
+        f'"{TRUNCATED_POD_NAME_RE}")'
+    )
 
 
 def workload(name: str) -> str:

@@ -12,8 +12,10 @@ from inferwatch.generate.options import GenerateOptions
 
 def recording_rules(options: GenerateOptions) -> dict[str, Any]:
     """Recorded so that the HPA's queries (adapter, KEDA) stay cheap at scale."""
+    interval = options.autoscaling_rules_interval_seconds
     return {
         "name": "inferwatch.autoscaling",
+        **({"interval": promql.duration(interval)} if interval else {}),
         "rules": [
             {"record": promql.POD_QUEUE_LENGTH, "expr": promql.pod_queue_length_expr()},
             {"record": promql.POD_LATENCY_BUCKETS, "expr": promql.pod_latency_buckets_expr("1m")},
