@@ -372,7 +372,7 @@ def hpa_queries(pods: list[str], keda_regex: str, keda_workload: str) -> list[tu
         ),
         (
             "KEDA queue",
-            promql.deployment_queue_length(keda_workload_sel),
+            promql.workload_total(promql.WORKLOAD_QUEUE_LENGTH, keda_workload_sel),
             f"sum({schema.QUEUE_LENGTH.name}{{{keda_sel}}}) or vector(0)",
         ),
         (

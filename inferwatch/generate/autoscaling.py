@@ -217,9 +217,9 @@ def keda_queries(options: GenerateOptions) -> dict[str, str]:
     records: a few series, however many pods the deployment has."""
     deployment = (promql.eq("namespace", options.namespace), promql.workload(options.deployment))
     return {
-        QUEUE_METRIC: promql.deployment_queue_length(deployment),
+        QUEUE_METRIC: promql.workload_total(promql.WORKLOAD_QUEUE_LENGTH, deployment),
         P95_METRIC: promql.deployment_p95_ms(deployment),
-        KV_CACHE_METRIC: promql.deployment_kv_cache_usage(deployment),
+        KV_CACHE_METRIC: promql.workload_total(promql.WORKLOAD_KV_CACHE_USAGE, deployment),
     }
 
 

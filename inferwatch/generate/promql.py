@@ -422,17 +422,10 @@ def adapter_series(record: str, resource_label: str = "pod") -> str:
     return record + selector(ne("namespace", ""), ne(resource_label, ""))
 
 
-def deployment_queue_length(matchers: Sequence[str]) -> str:
-    """KEDA: the queue summed over a workload's pods, from the per-workload record
-    (``matchers`` pick the namespace and the workload); one element, 0 without pods."""
-    return f"{total(instant(WORKLOAD_QUEUE_LENGTH, selector(*matchers)))} or vector(0)"
-
-
-def deployment_kv_cache_usage(matchers: Sequence[str]) -> str:
-    """KEDA: each pod's KV-cache usage summed over a workload's pods, from the per-workload
-    record (divided by replicas as an AverageValue, the same as the pods metric); one element,
-    0 without pods."""
-    return f"{total(instant(WORKLOAD_KV_CACHE_USAGE, selector(*matchers)))} or vector(0)"
+def workload_total(record: str, matchers: Sequence[str]) -> str:
+    """KEDA: a per-workload record (the queue, the KV-cache usage) summed over a workload's
+    pods (``matchers`` pick the namespace and the workload); one element, 0 without pods."""
+    return f"{total(instant(record, selector(*matchers)))} or vector(0)"
 
 
 def deployment_p95_ms(matchers: Sequence[str]) -> str:
