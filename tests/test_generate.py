@@ -308,6 +308,23 @@ def test_the_autoscaling_rules_interval_follows_its_option() -> None:
         GenerateOptions(autoscaling_rules_interval_seconds=-1)
 
 
+def test_generating_for_thousands_of_pods_advises_object_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "options.yaml"
+    config.write_text("max_replicas: 5000\n")
+    out = tmp_path / "out"
+    assert cli.main(["generate", "--out", str(out), "--config", str(config)]) == 0
+    assert "max_replicas 5000 with Pods metrics" in capsys.readouterr().err
+    config.write_text("max_replicas: 5000\nhpa_metric_type: Object\n")
+    assert cli.main(["generate", "--out", str(out), "--config", str(config)]) == 0
+    assert "note:" not in capsys.readouterr().err
+    hpa = yaml.safe_load((out / generate.KUBERNETES / "hpa/hpa.yaml").read_text())
+    assert {m["type"] for m in hpa["spec"]["metrics"]} == {"Resource", "Object"}
+    assert hpa["spec"]["maxReplicas"] == 5000
+    assert autoscaling.advice(GenerateOptions()) == []  # the seed's 20 replicas
+
+
 def test_an_unknown_hpa_metric_type_is_named() -> None:
     with pytest.raises(ValueError, match="hpa_metric_type must be one of Pods, Object, got 'pods'"):
         GenerateOptions(hpa_metric_type="pods")

@@ -67,6 +67,22 @@ def behavior(options: GenerateOptions) -> dict[str, Any]:
     }
 
 
+# Past this many replicas a Pods metric's adapter query, which lists every pod by name, takes
+# tens of milliseconds (about 185 ms at 10,000 pods, benchmarks/bench_autoscaling_scale.py).
+MANY_REPLICAS = 2000
+
+
+def advice(options: GenerateOptions) -> list[str]:
+    """What a user generating for this scale should know."""
+    if options.hpa_metric_type == "Pods" and options.max_replicas >= MANY_REPLICAS:
+        return [
+            f"max_replicas {options.max_replicas} with Pods metrics: prometheus-adapter's query "
+            "lists every pod by name (about 185 ms at 10,000 pods); hpa_metric_type: Object "
+            "reads the Deployment's per-workload records instead, at any replica count"
+        ]
+    return []
+
+
 def target_value(value: float) -> str:
     """A quantity as the HPA and KEDA take it: "10", "0.8"."""
     return format(value, "g")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from inferwatch import generate
+from inferwatch.generate import autoscaling
 from inferwatch.generate.options import GenerateOptions
 
 
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, yaml.YAMLError) as exc:
         print(f"inferwatch generate: {exc}", file=sys.stderr)
         return 2
+    for note in autoscaling.advice(options):
+        print(f"inferwatch generate: note: {note}", file=sys.stderr)
     if args.check:
         stale = generate.stale(args.out, options)
         for relative in stale:
