@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -135,14 +134,7 @@ class Sidecar:
         self.proxy_port = await self._proxy_server.listen(
             config.listen.bind_host, config.listen.port, self._reuse_port
         )
-        if config.grpc_listen is not None and os.environ.get("INFERWATCH_GRPC_H2"):
-            from inferwatch.sidecar.grpc_h2 import H2GrpcServer
-
-            self._h2 = H2GrpcServer(config.grpc_upstream, exchanges)
-            self.grpc_port = await self._h2.listen(
-                config.grpc_listen.bind_host, config.grpc_listen.port
-            )
-        elif config.grpc_listen is not None:
+        if config.grpc_listen is not None:
             from inferwatch.sidecar.grpc_proxy import GrpcServer
 
             self._grpc_server = GrpcServer(config, self.readiness, self._reuse_port)
