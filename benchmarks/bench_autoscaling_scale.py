@@ -16,7 +16,8 @@ data's last timestamp, via /api/v1/query (POST, as the adapter and KEDA send the
 2. the autoscaling group's records are backfilled with ``promtool tsdb create-blocks-from rules``
    over the last 2 minutes (15 s steps) and Prometheus restarted on the result;
 3. the adapter's metricsQuery templates (rendered for one deployment's pods: a pod=~"a|b|..."
-   list, as the adapter renders <<.LabelMatchers>>), its discovery seriesQuery
+   list, as the adapter renders <<.LabelMatchers>>; and for the Deployment itself, the Object
+   metrics of hpa_metric_type Object: workload="serve"), its discovery seriesQuery
    (/api/v1/series, cluster-wide) and the KEDA triggers' queries are timed on the recorded
    series and, as the baseline in the same run, the same query on the raw expression the record
    stands for; KEDA's also as they were on the per-pod records, before the per-workload ones.
