@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -522,6 +523,13 @@ class Connection(FlowControl):
         self._close()
 
 
+def _bound_port(server: Any, port: int) -> int:
+    """The port ``server`` listens on. Untyped: uvloop's ``Server.sockets`` is a list where
+    asyncio's is a tuple, and the compiled module would check the type typeshed gives."""
+    sockets = server.sockets
+    return int(sockets[0].getsockname()[1]) if sockets else port
+
+
 class HTTP1Server:
     """Listens, tracks connections, closes gracefully."""
 
@@ -538,8 +546,7 @@ class HTTP1Server:
             lambda: Connection(self), host, port, reuse_port=reuse_port or None, backlog=1024
         )
         self._sweep()
-        sockets = self._server.sockets
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        return _bound_port(self._server, port)
 
     def _sweep(self) -> None:
         """Close connections idle for longer than the keep-alive timeout (and slowloris ones,
