@@ -335,7 +335,8 @@ class Classifier:
         self, routes: Sequence[tuple[str, str]] = (), default_model: str = "unknown"
     ) -> None:
         compiled: list[tuple[re.Pattern[str], str, str]] = []
-        for index, route in enumerate(routes):
+        given: Sequence[Any] = routes  # checked below, whatever a caller passed
+        for index, route in enumerate(given):
             try:
                 pattern, model = route
             except (TypeError, ValueError):

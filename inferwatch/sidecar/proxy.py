@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 from typing import Any
+
+from mypy_extensions import mypyc_attr
 
 from inferwatch import schema
 from inferwatch.sidecar.admission import Admission, admit
@@ -86,17 +88,37 @@ class StreamedBody:
         self._limit = limit
         self.too_large = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        sent = len(self._prefix)
-        if self._prefix:
-            yield self._prefix
-        limit = self._limit
-        async for chunk in self._content.chunks(STREAM_CHUNK_BYTES):
-            sent += len(chunk)
-            if limit and sent > limit:
-                self.too_large = True
-                raise BodyTooLarge
-            yield chunk
+    def __aiter__(self) -> _StreamedChunks:
+        return _StreamedChunks(self)
+
+
+class _StreamedChunks:
+    """One pass over a :class:`StreamedBody` (a class, not an async generator: the compiled
+    hot path has no async generators)."""
+
+    __slots__ = ("_body", "_chunks", "_prefix", "_sent")
+
+    def __init__(self, body: StreamedBody) -> None:
+        self._body = body
+        self._prefix = body._prefix
+        self._sent = len(body._prefix)
+        self._chunks = body._content.chunks(STREAM_CHUNK_BYTES)
+
+    def __aiter__(self) -> _StreamedChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        prefix = self._prefix
+        if prefix:
+            self._prefix = b""
+            return prefix
+        chunk = await self._chunks.__anext__()
+        self._sent += len(chunk)
+        limit = self._body._limit
+        if limit and self._sent > limit:
+            self._body.too_large = True
+            raise BodyTooLarge
+        return chunk
 
 
 async def _read_prefix(content: BodyReader, size: int) -> bytes:
@@ -128,6 +150,7 @@ def _refusal(request: Request) -> tuple[int, bytes] | None:
 Body = bytes | StreamedBody | None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tracing's subclass
 class ProxyHandler:
     """The handler of the proxy port (:class:`~inferwatch.sidecar.http1.HTTP1Server` calls it
     once per request)."""
