@@ -3,10 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The sidecar's hot path is compiled with mypyc by the editable install (setup.py), in place
+# next to its sources; a change to them or to what they import (constants may be compiled
+# in) reinstalls, so the tests never run compiled code older than its source.
+# INFERWATCH_COMPILE=0 installs pure Python.
+COMPILED_FROM := $(wildcard inferwatch/*.py inferwatch/sidecar/*.py)
 
 .PHONY: demo test lint typecheck pytest tools bench generate clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py build_backend.py $(COMPILED_FROM)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# The server extra needs torch: keep a torch that is already there (a user's CUDA build);
@@ -46,4 +51,4 @@ bench: $(STAMP) tools
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build inferwatch/sidecar/*.so inferwatch_hotpath__mypyc.*

@@ -1,5 +1,6 @@
 """inferwatch: observability for ML model serving."""
 
+from inferwatch import _compiled  # noqa: F401  (first: INFERWATCH_COMPILED=0 applies to every import)
 from inferwatch._version import __version__
 from inferwatch.decorators import monitor_inference, track_inference
 from inferwatch.exposition import metrics_handler, start_metrics_server
