@@ -28,6 +28,9 @@ HOT_PATH = (
     "inferwatch.sidecar.proxy",
 )
 ENV = "INFERWATCH_COMPILED"
+# The shared library that holds the compiled code (setup.py's GROUP + "__mypyc"); each compiled
+# module of HOT_PATH is a small loader of its part of it.
+LIBRARY = "inferwatch_hotpath__mypyc"
 
 
 class SourceFinder(importlib.abc.MetaPathFinder):

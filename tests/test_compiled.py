@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,22 +30,23 @@ COMPILED = _compiled.compiled_modules()
 PURE_ENV = {**os.environ, _compiled.ENV: "0"}
 
 
-def setup_hot_path() -> list[str]:
-    """HOT_PATH as setup.py lists it (read, not run: running it would build)."""
+def setup_assigned(name: str) -> Any:
+    """A constant setup.py assigns (read, not run: running it would build)."""
     tree = ast.parse((ROOT / "setup.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
-            isinstance(target, ast.Name) and target.id == "HOT_PATH" for target in node.targets
+            isinstance(target, ast.Name) and target.id == name for target in node.targets
         ):
-            return list(ast.literal_eval(node.value))
-    raise AssertionError("setup.py has no HOT_PATH")
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"setup.py assigns no {name}")
 
 
 def test_setup_compiles_the_modules_the_runtime_checks() -> None:
     paths = [name.replace(".", "/") + ".py" for name in _compiled.HOT_PATH]
-    assert sorted(setup_hot_path()) == sorted(paths)
+    assert sorted(setup_assigned("HOT_PATH")) == sorted(paths)
     for path in paths:
         assert (ROOT / path).is_file()
+    assert setup_assigned("GROUP") + "__mypyc" == _compiled.LIBRARY
 
 
 def test_the_hot_path_is_compiled_whole_or_not_at_all() -> None:
@@ -54,13 +56,13 @@ def test_the_hot_path_is_compiled_whole_or_not_at_all() -> None:
 
 @pytest.mark.skipif(not COMPILED, reason="the hot path is pure Python here")
 def test_no_compiled_module_is_older_than_its_source() -> None:
-    """An edit without a rebuild would leave the tests running the old code."""
+    """An edit without a rebuild would leave the tests running the old code (the code is
+    in the shared library: a module's own extension is a loader, rebuilt only if it changes)."""
+    library = Path(sys.modules[_compiled.LIBRARY].__file__ or "")
     for name in _compiled.HOT_PATH:
-        module = sys.modules[name]
-        built = Path(module.__file__ or "")
-        source = built.parent / (name.rpartition(".")[2] + ".py")
-        assert built.stat().st_mtime >= source.stat().st_mtime, (
-            f"{built.name} is older than {source.name}: rebuild (make test reinstalls, "
+        source = Path(sys.modules[name].__file__ or "").parent / (name.rpartition(".")[2] + ".py")
+        assert library.stat().st_mtime >= source.stat().st_mtime, (
+            f"{library.name} is older than {source.name}: rebuild (make test reinstalls, "
             "or pip install -e .)"
         )
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Final
 
-BUFFER_HIGH = 256 * 1024  # unread body bytes above this pause the connection's reading
-BUFFER_LOW = 64 * 1024  # ... and below this resume it
+BUFFER_HIGH: Final = 256 * 1024  # unread body bytes above this pause the connection's reading
+BUFFER_LOW: Final = 64 * 1024  # ... and below this resume it
 
 
 class FlowControl(asyncio.Protocol):
@@ -213,4 +214,4 @@ class _EmptyBody(BodyReader):
         raise RuntimeError("a message without a body got body bytes")
 
 
-EMPTY_BODY: BodyReader = _EmptyBody()
+EMPTY_BODY: Final[BodyReader] = _EmptyBody()

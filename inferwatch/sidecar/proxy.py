@@ -23,7 +23,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -45,7 +45,7 @@ from inferwatch.sidecar.errors import (
 )
 from inferwatch.sidecar.exchange import NO_EXCHANGE, Exchange, Exchanges
 from inferwatch.sidecar.health import Drainer, Readiness
-from inferwatch.sidecar.http1 import Request
+from inferwatch.sidecar.http1 import RawHeaderLookup, Request
 from inferwatch.sidecar.protocols import (
     Classifier,
     RequestInfo,
@@ -62,9 +62,9 @@ from inferwatch.sidecar.upstream import (
 log = logging.getLogger(__name__)
 
 # Responses up to this size with a Content-Length are read whole, then written in one go.
-BUFFER_RESPONSE_BYTES = 256 * 1024
-STREAM_CHUNK_BYTES = 64 * 1024
-_TEXT = ((b"Content-Type", b"text/plain; charset=utf-8"),)
+BUFFER_RESPONSE_BYTES: Final = 256 * 1024
+STREAM_CHUNK_BYTES: Final = 64 * 1024
+_TEXT: Final = ((b"Content-Type", b"text/plain; charset=utf-8"),)
 
 
 def _codings(headers: Any) -> list[str]:
@@ -246,17 +246,14 @@ class ProxyHandler:
     async def _read_body(self, request: Request, info: RequestInfo) -> Body:
         """The body to forward: whole when small, else streamed after a peeked prefix. Parses
         what the route says the body can tell (into ``info``). Raises BodyTooLarge."""
-        headers = request.headers
         length = request.content_length
         if self._max_body and length is not None and length > self._max_body:
             raise BodyTooLarge
         if not request.body_exists:
             return None
-        if (
-            "Expect" in headers
-            and headers["Expect"].lower() == "100-continue"
-            and request.version >= (1, 1)
-        ):
+        headers = RawHeaderLookup(request.raw_headers)  # the multidict is not needed here
+        expect = headers.get("Expect")
+        if expect is not None and expect.lower() == "100-continue" and request.version >= (1, 1):
             request.conn.send_continue()  # (Expect is not forwarded: we read the body)
         if length is not None and length <= self._parse_limit:
             data = await request.payload.readexactly(length)
