@@ -68,21 +68,23 @@ class RawHeaderLookup:
     """The first value of a header field by name, in any case, read from the raw fields:
     what ``headers.get(name)`` gives, without building the multidict."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_first", "_raw")
 
     def __init__(self, raw_headers: Sequence[tuple[bytes, bytes]]) -> None:
         self._raw = raw_headers
+        self._first: dict[bytes, bytes] | None = None  # lower-cased name: first value
 
     def get(self, name: str, /) -> str | None:
+        first = self._first
+        if first is None:
+            first = self._first = {}
+            for field, value in self._raw:
+                first.setdefault(field.lower(), value)
         try:
-            key = name.lower().encode("latin-1")
+            found = first.get(name.lower().encode("latin-1"))
         except UnicodeEncodeError:
             return None  # no field is named so (llhttp takes ASCII names only)
-        size = len(key)
-        for field, value in self._raw:
-            if len(field) == size and field.lower() == key:
-                return value.decode("latin-1")
-        return None
+        return None if found is None else found.decode("latin-1")
 
 
 class HeaderFields:
