@@ -38,7 +38,7 @@ import bench_sidecar as bench
 TRACED = (
     bench.IMPORT_CHECK
     + """
-import collections, json, signal, threading
+import collections, json, os, signal, threading
 out = sys.argv.pop(1)
 counts = collections.Counter()
 on = [False]
@@ -53,8 +53,9 @@ def tracer(frame, event, arg):
 def toggle(signum, frame):
     if on[0]:
         on[0] = False
-        with open(out, "w") as handle:
+        with open(out + ".part", "w") as handle:
             json.dump(counts, handle)
+        os.replace(out + ".part", out)  # whole when it appears: the reader polls for it
     else:
         counts.clear()
         on[0] = True

@@ -14,10 +14,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch; fi
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py build_backend.py MANIFEST.in README.md ./
 COPY inferwatch ./inferwatch
-# A regular (not editable) install, so the source tree can go; `fast` brings uvloop.
-RUN pip install ".[server,fast]" && rm -rf /src
+# A regular (not editable) install, so the source tree can go; `fast` brings uvloop. Pure
+# Python: the compiled hot path is the sidecar's (its image compiles it).
+RUN INFERWATCH_COMPILE=0 pip install ".[server,fast]" && rm -rf /src
 
 # The NVIDIA runtime mounts the driver's CUDA and NVML libraries (utility: NVML, for gpu_*).
 # Which GPUs are visible is left to the runtime (Kubernetes' device plugin, compose's

@@ -1,5 +1,7 @@
 """inferwatch: observability for ML model serving."""
 
+# First, so that INFERWATCH_COMPILED=0 applies to every import of the hot path.
+from inferwatch import _compiled  # noqa: F401
 from inferwatch._version import __version__
 from inferwatch.decorators import monitor_inference, track_inference
 from inferwatch.exposition import metrics_handler, start_metrics_server

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from typing import Final
 
-BUFFER_HIGH = 256 * 1024  # unread body bytes above this pause the connection's reading
-BUFFER_LOW = 64 * 1024  # ... and below this resume it
+BUFFER_HIGH: Final = 256 * 1024  # unread body bytes above this pause the connection's reading
+BUFFER_LOW: Final = 64 * 1024  # ... and below this resume it
 
 
 class FlowControl(asyncio.Protocol):
@@ -172,13 +172,30 @@ class BodyReader:
             got += len(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def chunks(self, size: int = -1) -> AsyncIterator[bytes]:
+    def chunks(self, size: int = -1) -> Chunks:
         """The body piece by piece, as it arrives (pieces of at most ``size`` bytes)."""
-        while True:
-            await self._wait()
-            if not self._buffer:
-                return
-            yield self._take(size)
+        return Chunks(self, size)
+
+
+class Chunks:
+    """An async iterator over a body's pieces (a class, not an async generator: the
+    compiled hot path has no async generators)."""
+
+    __slots__ = ("_body", "_size")
+
+    def __init__(self, body: BodyReader, size: int) -> None:
+        self._body = body
+        self._size = size
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        body = self._body
+        await body._wait()
+        if not body._buffer:
+            raise StopAsyncIteration
+        return body._take(self._size)
 
 
 class _EmptyBody(BodyReader):
@@ -197,4 +214,4 @@ class _EmptyBody(BodyReader):
         raise RuntimeError("a message without a body got body bytes")
 
 
-EMPTY_BODY: BodyReader = _EmptyBody()
+EMPTY_BODY: Final[BodyReader] = _EmptyBody()

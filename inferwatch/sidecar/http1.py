@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -28,16 +29,16 @@ from inferwatch.sidecar.body import EMPTY_BODY, BodyReader, FlowControl
 
 log = logging.getLogger(__name__)
 
-WRITE_BUFFER_HIGH = 256 * 1024  # wait for the client to read before writing more
+WRITE_BUFFER_HIGH: Final = 256 * 1024  # wait for the client to read before writing more
 KEEPALIVE_TIMEOUT = 75.0  # idle keep-alive connections are closed after this (nginx's default)
-MAX_PIPELINED = 128  # requests queued on one connection before we stop reading it
-MAX_LINE = 8190  # longest request target, and longest header line (aiohttp's and nginx's 8k)
-MAX_HEADERS = 128  # most header fields in one request
-_NO_BODY_STATUS = frozenset((204, 304))
-_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
-_NOT_IN_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host"))
-_FRAMING_LENGTHS = frozenset(len(name) for name in _NOT_IN_TRAILERS)
-_REASONS = {
+MAX_PIPELINED: Final = 128  # requests queued on one connection before we stop reading it
+MAX_LINE: Final = 8190  # longest request target, and longest header line (aiohttp's and nginx's 8k)
+MAX_HEADERS: Final = 128  # most header fields in one request
+_NO_BODY_STATUS: Final = frozenset((204, 304))
+_VERSIONS: Final = {"1.1": (1, 1), "1.0": (1, 0)}
+_NOT_IN_TRAILERS: Final = frozenset((b"content-length", b"transfer-encoding", b"host"))
+_FRAMING_LENGTHS: Final = frozenset(len(name) for name in _NOT_IN_TRAILERS)
+_REASONS: Final = {
     200: "OK",
     400: "Bad Request",
     413: "Payload Too Large",
@@ -61,6 +62,29 @@ def header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> CIMultiDictProxy[s
     """Raw header fields as a case-insensitive multidict (latin-1: every byte kept)."""
     fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers]
     return CIMultiDictProxy(CIMultiDict(fields))
+
+
+class RawHeaderLookup:
+    """The first value of a header field by name, in any case, read from the raw fields:
+    what ``headers.get(name)`` gives, without building the multidict."""
+
+    __slots__ = ("_first", "_raw")
+
+    def __init__(self, raw_headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self._raw = raw_headers
+        self._first: dict[bytes, bytes] | None = None  # lower-cased name: first value
+
+    def get(self, name: str, /) -> str | None:
+        first = self._first
+        if first is None:
+            first = self._first = {}
+            for field, value in self._raw:
+                first.setdefault(field.lower(), value)
+        try:
+            found = first.get(name.lower().encode("latin-1"))
+        except UnicodeEncodeError:
+            return None  # no field is named so (llhttp takes ASCII names only)
+        return None if found is None else found.decode("latin-1")
 
 
 class HeaderFields:
@@ -522,6 +546,13 @@ class Connection(FlowControl):
         self._close()
 
 
+def _bound_port(server: Any, port: int) -> int:
+    """The port ``server`` listens on. Untyped: uvloop's ``Server.sockets`` is a list where
+    asyncio's is a tuple, and the compiled module would check the type typeshed gives."""
+    sockets = server.sockets
+    return int(sockets[0].getsockname()[1]) if sockets else port
+
+
 class HTTP1Server:
     """Listens, tracks connections, closes gracefully."""
 
@@ -538,8 +569,7 @@ class HTTP1Server:
             lambda: Connection(self), host, port, reuse_port=reuse_port or None, backlog=1024
         )
         self._sweep()
-        sockets = self._server.sockets
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        return _bound_port(self._server, port)
 
     def _sweep(self) -> None:
         """Close connections idle for longer than the keep-alive timeout (and slowloris ones,

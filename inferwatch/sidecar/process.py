@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.registry import Collector
 
-from inferwatch import runtime, schema, tracing
+from inferwatch import _compiled, runtime, schema, tracing
 from inferwatch.metrics import BoundedLabel, InferenceMetrics, inference_metrics
 from inferwatch.sidecar.admin import admin_app
 from inferwatch.sidecar.admission import Admission
@@ -168,6 +168,7 @@ class Sidecar:
             f", gRPC on {config.grpc_listen} -> {config.grpc_upstream}" if self.grpc_port else "",
             f", admin on {config.admin}" if self._serve_admin else "",
         )
+        log.info("sidecar: hot path %s", _compiled.describe())
 
     async def drain(self) -> None:
         """The whole drain: readiness fails, quiet period, in-flight requests finish."""

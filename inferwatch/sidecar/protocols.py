@@ -15,34 +15,34 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Protocol
 from urllib.parse import unquote
 
 from inferwatch import schema
 
-MAX_PARSE_BYTES = 64 * 1024  # body prefix the proxy peeks to find model and batch size
-MAX_NAME_CHARS = 128  # model names and versions longer than this are cut
-MAX_BATCH = 1 << 31  # a batch size claimed beyond this is garbage, not a measurement
-MAX_SSE_EVENT_BYTES = 256 * 1024  # an SSE event larger than this is skipped, not buffered
+MAX_PARSE_BYTES: Final = 64 * 1024  # body prefix the proxy peeks to find model and batch size
+MAX_NAME_CHARS: Final = 128  # model names and versions longer than this are cut
+MAX_BATCH: Final = 1 << 31  # a batch size claimed beyond this is garbage, not a measurement
+MAX_SSE_EVENT_BYTES: Final = 256 * 1024  # an SSE event larger than this is skipped, not buffered
 
-PROTOCOL_V2 = "v2"
-PROTOCOL_V1 = "v1"
-PROTOCOL_TORCHSERVE = "torchserve"
-PROTOCOL_MLFLOW = "mlflow"
-PROTOCOL_OPENAI = "openai"
-PROTOCOL_SELDON = "seldon"
-PROTOCOL_GENERIC = "generic"
+PROTOCOL_V2: Final = "v2"
+PROTOCOL_V1: Final = "v1"
+PROTOCOL_TORCHSERVE: Final = "torchserve"
+PROTOCOL_MLFLOW: Final = "mlflow"
+PROTOCOL_OPENAI: Final = "openai"
+PROTOCOL_SELDON: Final = "seldon"
+PROTOCOL_GENERIC: Final = "generic"
 
-ROUTE_OTHER = "/*"  # route of a path no protocol and no override names
+ROUTE_OTHER: Final = "/*"  # route of a path no protocol and no override names
 
-_TF_VERBS = frozenset(("predict", "classify", "regress", "explain"))
-_SELDON_OTHER = frozenset(("feedback", "metadata", "health"))
-_WRITE_METHODS = frozenset(("POST", "PUT", "PATCH"))
-_PREFLIGHT_METHODS = frozenset(("HEAD", "OPTIONS"))
+_TF_VERBS: Final = frozenset(("predict", "classify", "regress", "explain"))
+_SELDON_OTHER: Final = frozenset(("feedback", "metadata", "health"))
+_WRITE_METHODS: Final = frozenset(("POST", "PUT", "PATCH"))
+_PREFLIGHT_METHODS: Final = frozenset(("HEAD", "OPTIONS"))
 # Probe, metadata and tooling paths answered by model servers and web frameworks: never counted.
-_HEALTH_PATHS = frozenset(
+_HEALTH_PATHS: Final = frozenset(
     (
         "health",
         "healthz",
@@ -61,7 +61,7 @@ _HEALTH_PATHS = frozenset(
         "favicon.ico",
     )
 )
-_JSON_WS = b" \t\r\n"
+_JSON_WS: Final = b" \t\r\n"
 
 
 @dataclass(slots=True)
@@ -121,14 +121,21 @@ def _leading_dim(value: object) -> int | None:
     return None
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
+class HeaderLookup(Protocol):
+    """What the body parsers read of a request's headers: a field's first value by name
+    (the request's header multidict, a plain mapping, or http1's ``RawHeaderLookup``)."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
+def _header(headers: HeaderLookup, name: str) -> str | None:
     value = headers.get(name)
     if value is None:
         value = headers.get(name.lower())
     return value if isinstance(value, str) else None
 
 
-def _media_type(headers: Mapping[str, str]) -> tuple[str, str]:
+def _media_type(headers: HeaderLookup) -> tuple[str, str]:
     """(media type lower-cased, parameters) of Content-Type; ("", "") when absent."""
     content_type = _header(headers, "Content-Type")
     if not content_type:
@@ -137,16 +144,23 @@ def _media_type(headers: Mapping[str, str]) -> tuple[str, str]:
     return media.strip().lower(), params
 
 
-def _maybe_json(headers: Mapping[str, str]) -> bool:
+def _maybe_json(headers: HeaderLookup) -> bool:
     """False for bodies declared as something else; curl's default form type may be JSON."""
     media = _media_type(headers)[0]
     return not media.startswith(_NOT_JSON)
 
 
-_NOT_JSON = ("text/csv", "multipart/", "image/", "audio/", "video/", "application/octet-stream")
+_NOT_JSON: Final = (
+    "text/csv",
+    "multipart/",
+    "image/",
+    "audio/",
+    "video/",
+    "application/octet-stream",
+)
 
 
-def _body_complete(headers: Mapping[str, str], body: bytes, complete: bool | None) -> bool:
+def _body_complete(headers: HeaderLookup, body: bytes, complete: bool | None) -> bool:
     """Whether ``body`` is the whole request body, not a peeked prefix."""
     if complete is not None:
         return complete
@@ -173,8 +187,8 @@ def _load_json(body: bytes) -> Any:
         return None
 
 
-_DECODER = json.JSONDecoder()
-_WS = re.compile(r"[ \t\n\r]*")
+_DECODER: Final = json.JSONDecoder()
+_WS: Final = re.compile(r"[ \t\n\r]*")
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -335,7 +349,8 @@ class Classifier:
         self, routes: Sequence[tuple[str, str]] = (), default_model: str = "unknown"
     ) -> None:
         compiled: list[tuple[re.Pattern[str], str, str]] = []
-        for index, route in enumerate(routes):
+        given: Sequence[Any] = routes  # checked below, whatever a caller passed
+        for index, route in enumerate(given):
             try:
                 pattern, model = route
             except (TypeError, ValueError):
@@ -581,7 +596,7 @@ class Classifier:
     def parse_body(
         self,
         info: RequestInfo,
-        headers: Mapping[str, str],
+        headers: HeaderLookup,
         body: bytes,
         complete: bool | None = None,
     ) -> None:
@@ -606,7 +621,7 @@ def _no_handler(method: str, parts: list[str]) -> RequestInfo | None:
     return None
 
 
-def _parse_v2(info: RequestInfo, headers: Mapping[str, str], body: bytes, complete: bool) -> None:
+def _parse_v2(info: RequestInfo, headers: HeaderLookup, body: bytes, complete: bool) -> None:
     header_length = _header(headers, "Inference-Header-Content-Length")
     if header_length is None:
         content_type = _header(headers, "Content-Type")
@@ -625,14 +640,12 @@ def _parse_v2(info: RequestInfo, headers: Mapping[str, str], body: bytes, comple
         info.batch_size = _v2_batch(_load_json(body))
 
 
-def _parse_v1(info: RequestInfo, headers: Mapping[str, str], body: bytes, complete: bool) -> None:
+def _parse_v1(info: RequestInfo, headers: HeaderLookup, body: bytes, complete: bool) -> None:
     if complete and _maybe_json(headers):
         info.batch_size = _v1_batch(_load_json(body))
 
 
-def _parse_mlflow(
-    info: RequestInfo, headers: Mapping[str, str], body: bytes, complete: bool
-) -> None:
+def _parse_mlflow(info: RequestInfo, headers: HeaderLookup, body: bytes, complete: bool) -> None:
     if not complete:
         return
     media = _media_type(headers)[0]
@@ -642,19 +655,15 @@ def _parse_mlflow(
         info.batch_size = _mlflow_batch(_load_json(body))
 
 
-def _parse_seldon(
-    info: RequestInfo, headers: Mapping[str, str], body: bytes, complete: bool
-) -> None:
+def _parse_seldon(info: RequestInfo, headers: HeaderLookup, body: bytes, complete: bool) -> None:
     if complete and _maybe_json(headers):
         info.batch_size = _seldon_batch(_load_json(body))
 
 
-_OPENAI_KEYS = frozenset(("model", "stream", "prompt", "input"))
+_OPENAI_KEYS: Final = frozenset(("model", "stream", "prompt", "input"))
 
 
-def _parse_openai(
-    info: RequestInfo, headers: Mapping[str, str], body: bytes, complete: bool
-) -> None:
+def _parse_openai(info: RequestInfo, headers: HeaderLookup, body: bytes, complete: bool) -> None:
     if not _maybe_json(headers):
         return
     doc: Any = _load_json(body) if complete else _top_level_prefix(body, _OPENAI_KEYS)
@@ -672,8 +681,8 @@ def _parse_openai(
         info.batch_size = _prompt_count(doc.get("input"))
 
 
-BodyParser = Callable[[RequestInfo, Mapping[str, str], bytes, bool], None]
-_BODY_PARSERS: dict[str, BodyParser] = {
+BodyParser = Callable[[RequestInfo, HeaderLookup, bytes, bool], None]
+_BODY_PARSERS: Final[dict[str, BodyParser]] = {
     PROTOCOL_V2: _parse_v2,
     PROTOCOL_V1: _parse_v1,
     PROTOCOL_MLFLOW: _parse_mlflow,
@@ -722,7 +731,7 @@ def usage_from_json(body: bytes) -> tuple[int, int] | None:
 
 # finish_reason values OpenAI-compatible servers send, as the schema's reasons; any other
 # non-empty value counts as "other" (vLLM's "abort", for one).
-_FINISH_ALIASES = {
+_FINISH_ALIASES: Final = {
     schema.FINISH_STOP: schema.FINISH_STOP,
     "eos_token": schema.FINISH_STOP,  # TGI
     "stop_sequence": schema.FINISH_STOP,  # TGI
@@ -735,22 +744,22 @@ _FINISH_ALIASES = {
     schema.FINISH_CONTENT_FILTER: schema.FINISH_CONTENT_FILTER,
 }
 # Responses API: why a response is "incomplete" (incomplete_details.reason)
-_INCOMPLETE_REASONS = {
+_INCOMPLETE_REASONS: Final = {
     "max_output_tokens": schema.FINISH_LENGTH,
     "content_filter": schema.FINISH_CONTENT_FILTER,
 }
-_TOOL_ITEMS = frozenset(
+_TOOL_ITEMS: Final = frozenset(
     ("function_call", "custom_tool_call", "mcp_call", "computer_call", "local_shell_call")
 )
 # Responses API events that end a response, and the status each one means
-_RESPONSE_ENDS = {
+_RESPONSE_ENDS: Final = {
     "response.completed": "completed",
     "response.incomplete": "incomplete",
     "response.failed": "failed",
     "response.cancelled": "cancelled",
 }
 # delta members of a chat completion chunk that carry generated output
-_DELTA_OUTPUT = (
+_DELTA_OUTPUT: Final = (
     "content",
     "tool_calls",
     "reasoning_content",
@@ -759,7 +768,7 @@ _DELTA_OUTPUT = (
     "function_call",
     "audio",
 )
-MAX_CHOICES = 64  # finish reasons kept for at most this many choices of one answer
+MAX_CHOICES: Final = 64  # finish reasons kept for at most this many choices of one answer
 
 
 def finish_reason(value: object) -> str | None:

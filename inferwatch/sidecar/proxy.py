@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
-from typing import Any
+from typing import Any, Final
+
+from mypy_extensions import mypyc_attr
 
 from inferwatch import schema
 from inferwatch.sidecar.admission import Admission, admit
@@ -43,7 +45,7 @@ from inferwatch.sidecar.errors import (
 )
 from inferwatch.sidecar.exchange import NO_EXCHANGE, Exchange, Exchanges
 from inferwatch.sidecar.health import Drainer, Readiness
-from inferwatch.sidecar.http1 import Request
+from inferwatch.sidecar.http1 import RawHeaderLookup, Request
 from inferwatch.sidecar.protocols import (
     Classifier,
     RequestInfo,
@@ -60,9 +62,9 @@ from inferwatch.sidecar.upstream import (
 log = logging.getLogger(__name__)
 
 # Responses up to this size with a Content-Length are read whole, then written in one go.
-BUFFER_RESPONSE_BYTES = 256 * 1024
-STREAM_CHUNK_BYTES = 64 * 1024
-_TEXT = ((b"Content-Type", b"text/plain; charset=utf-8"),)
+BUFFER_RESPONSE_BYTES: Final = 256 * 1024
+STREAM_CHUNK_BYTES: Final = 64 * 1024
+_TEXT: Final = ((b"Content-Type", b"text/plain; charset=utf-8"),)
 
 
 def _codings(headers: Any) -> list[str]:
@@ -86,17 +88,37 @@ class StreamedBody:
         self._limit = limit
         self.too_large = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        sent = len(self._prefix)
-        if self._prefix:
-            yield self._prefix
-        limit = self._limit
-        async for chunk in self._content.chunks(STREAM_CHUNK_BYTES):
-            sent += len(chunk)
-            if limit and sent > limit:
-                self.too_large = True
-                raise BodyTooLarge
-            yield chunk
+    def __aiter__(self) -> _StreamedChunks:
+        return _StreamedChunks(self)
+
+
+class _StreamedChunks:
+    """One pass over a :class:`StreamedBody` (a class, not an async generator: the compiled
+    hot path has no async generators)."""
+
+    __slots__ = ("_body", "_chunks", "_prefix", "_sent")
+
+    def __init__(self, body: StreamedBody) -> None:
+        self._body = body
+        self._prefix = body._prefix
+        self._sent = len(body._prefix)
+        self._chunks = body._content.chunks(STREAM_CHUNK_BYTES)
+
+    def __aiter__(self) -> _StreamedChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        prefix = self._prefix
+        if prefix:
+            self._prefix = b""
+            return prefix
+        chunk = await self._chunks.__anext__()
+        self._sent += len(chunk)
+        limit = self._body._limit
+        if limit and self._sent > limit:
+            self._body.too_large = True
+            raise BodyTooLarge
+        return chunk
 
 
 async def _read_prefix(content: BodyReader, size: int) -> bytes:
@@ -128,6 +150,7 @@ def _refusal(request: Request) -> tuple[int, bytes] | None:
 Body = bytes | StreamedBody | None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tracing's subclass
 class ProxyHandler:
     """The handler of the proxy port (:class:`~inferwatch.sidecar.http1.HTTP1Server` calls it
     once per request)."""
@@ -223,17 +246,14 @@ class ProxyHandler:
     async def _read_body(self, request: Request, info: RequestInfo) -> Body:
         """The body to forward: whole when small, else streamed after a peeked prefix. Parses
         what the route says the body can tell (into ``info``). Raises BodyTooLarge."""
-        headers = request.headers
         length = request.content_length
         if self._max_body and length is not None and length > self._max_body:
             raise BodyTooLarge
         if not request.body_exists:
             return None
-        if (
-            "Expect" in headers
-            and headers["Expect"].lower() == "100-continue"
-            and request.version >= (1, 1)
-        ):
+        headers = RawHeaderLookup(request.raw_headers)  # the multidict is not needed here
+        expect = headers.get("Expect")
+        if expect is not None and expect.lower() == "100-continue" and request.version >= (1, 1):
             request.conn.send_continue()  # (Expect is not forwarded: we read the body)
         if length is not None and length <= self._parse_limit:
             data = await request.payload.readexactly(length)

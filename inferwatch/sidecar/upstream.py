@@ -15,6 +15,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, Sequence
+from typing import Final
 from urllib.parse import urlsplit
 
 import httptools
@@ -26,10 +27,10 @@ from inferwatch.sidecar.http1 import MAX_HEADERS, MAX_LINE, HeaderFields
 # Headers a client's Connection header may not remove: the message's own framing and target.
 # (Naming Content-Length there would otherwise strip the length the body is framed with, and
 # the upstream would read the body as a request of its own.)
-NEVER_HOP_BY_HOP = frozenset((b"content-length", b"host"))
+NEVER_HOP_BY_HOP: Final = frozenset((b"content-length", b"host"))
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     (
         b"connection",
         b"keep-alive",
@@ -43,14 +44,14 @@ HOP_BY_HOP = frozenset(
         b"expect",  # the sidecar answers 100-continue itself, before reading the body
     )
 )
-_NOT_END_TO_END = HOP_BY_HOP | {b"content-length"}
-_CONNECTION_OPTIONS = HOP_BY_HOP | {b"close"}
-_XFF = b"x-forwarded-for"
-_XFP = b"x-forwarded-proto"
-_XFH = b"x-forwarded-host"
-_HOST = b"host"
-_REQUEST_SPECIAL = HOP_BY_HOP | {_XFF, _XFP, _XFH, _HOST}
-WRITE_BUFFER_HIGH = 256 * 1024  # wait for the upstream to read before writing more body
+_NOT_END_TO_END: Final = HOP_BY_HOP | {b"content-length"}
+_CONNECTION_OPTIONS: Final = HOP_BY_HOP | {b"close"}
+_XFF: Final = b"x-forwarded-for"
+_XFP: Final = b"x-forwarded-proto"
+_XFH: Final = b"x-forwarded-host"
+_HOST: Final = b"host"
+_REQUEST_SPECIAL: Final = HOP_BY_HOP | {_XFF, _XFP, _XFH, _HOST}
+WRITE_BUFFER_HIGH: Final = 256 * 1024  # wait for the upstream to read before writing more body
 
 
 class UpstreamError(Exception):
