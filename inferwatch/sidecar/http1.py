@@ -88,20 +88,28 @@ class RawHeaderLookup:
 
 
 class HeaderFields:
-    """A message's header fields as sent (``raw_headers``) and, made on first use, by name
-    (``headers``): the hot path reads the raw ones."""
+    """A message's header fields as sent (``raw_headers``) and, made on first use, by name:
+    every value (``headers``, a multidict) or each field's first (``first_values``, cheaper).
+    The hot path reads the raw ones and the first values."""
 
-    __slots__ = ("_headers", "raw_headers")
+    __slots__ = ("_first_values", "_headers", "raw_headers")
 
     def __init__(self, raw_headers: Sequence[tuple[bytes, bytes]]) -> None:
         self.raw_headers = raw_headers
         self._headers: CIMultiDictProxy[str] | None = None
+        self._first_values: RawHeaderLookup | None = None
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
         if self._headers is None:
             self._headers = header_map(self.raw_headers)
         return self._headers
+
+    @property
+    def first_values(self) -> RawHeaderLookup:
+        if self._first_values is None:
+            self._first_values = RawHeaderLookup(self.raw_headers)
+        return self._first_values
 
 
 class Request(HeaderFields):

@@ -45,7 +45,7 @@ from inferwatch.sidecar.errors import (
 )
 from inferwatch.sidecar.exchange import NO_EXCHANGE, Exchange, Exchanges
 from inferwatch.sidecar.health import Drainer, Readiness
-from inferwatch.sidecar.http1 import RawHeaderLookup, Request
+from inferwatch.sidecar.http1 import Request
 from inferwatch.sidecar.protocols import (
     Classifier,
     RequestInfo,
@@ -251,7 +251,7 @@ class ProxyHandler:
             raise BodyTooLarge
         if not request.body_exists:
             return None
-        headers = RawHeaderLookup(request.raw_headers)  # the multidict is not needed here
+        headers = request.first_values  # the multidict is not needed here
         expect = headers.get("Expect")
         if expect is not None and expect.lower() == "100-continue" and request.version >= (1, 1):
             request.conn.send_continue()  # (Expect is not forwarded: we read the body)
@@ -426,7 +426,7 @@ def _is_sse(info: RequestInfo, message: Answer) -> bool:
     """An OpenAI-compatible answer streamed as server-sent events (``stream`` unread)."""
     if info.protocol != "openai":
         return False
-    content_type = message.headers.get("Content-Type")
+    content_type = message.first_values.get("Content-Type")
     return content_type is not None and content_type.startswith("text/event-stream")
 
 
