@@ -174,16 +174,13 @@ class GenerateOptions:
 
     def _autoscaling_problems(self) -> list[str]:
         problems = []
-        if self.autoscaling_profile not in AUTOSCALING_PROFILES:
-            problems.append(
-                f"autoscaling_profile must be one of {', '.join(AUTOSCALING_PROFILES)}, "
-                f"got {self.autoscaling_profile!r}"
-            )
-        if self.hpa_metric_type not in HPA_METRIC_TYPES:
-            problems.append(
-                f"hpa_metric_type must be one of {', '.join(HPA_METRIC_TYPES)}, "
-                f"got {self.hpa_metric_type!r}"
-            )
+        for name, allowed in (
+            ("autoscaling_profile", AUTOSCALING_PROFILES),
+            ("hpa_metric_type", HPA_METRIC_TYPES),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.autoscaling_rules_interval_seconds < 0:
             problems.append(
                 "autoscaling_rules_interval_seconds must be 0 (Prometheus' evaluation_interval) "
