@@ -78,12 +78,18 @@ def adapter_query(name: str, resource: str = "pod") -> str:
     return query
 
 
+def recording_rules(folder: Path, options: GenerateOptions) -> Path:
+    """The generated recording rules, written into ``folder`` for Prometheus to load."""
+    rules = folder / Path(generate.RECORDING_RULES).name
+    rules.write_text(generate.render(options)[generate.RECORDING_RULES])
+    return rules
+
+
 async def test_adapter_and_keda_queries_see_the_model_servers_own_queue(
     tmp_path: Path, prometheus: str
 ) -> None:
     options = GenerateOptions(namespace=NAMESPACE, deployment="model-server")
-    rules = tmp_path / Path(generate.RECORDING_RULES).name
-    rules.write_text(generate.render(options)[generate.RECORDING_RULES])
+    rules = recording_rules(tmp_path, options)
     keda = autoscaling.keda_scaled_object(options)
     (queue_trigger,) = (
         t
@@ -169,8 +175,7 @@ async def test_keda_queries_on_the_workload_records_agree_with_the_per_pod_ones(
     tmp_path: Path, prometheus: str
 ) -> None:
     options = GenerateOptions(namespace=NAMESPACE, deployment="model-server")
-    rules = tmp_path / Path(generate.RECORDING_RULES).name
-    rules.write_text(generate.render(options)[generate.RECORDING_RULES])
+    rules = recording_rules(tmp_path, options)
     keda = autoscaling.keda_queries(options)
     # What KEDA sent before the per-workload records: the per-pod records of the deployment's
     # pods (its pattern then, "model-server-.*", also took the canary's).
