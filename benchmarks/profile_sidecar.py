@@ -122,8 +122,11 @@ def bytecodes(root: Path, upstream: int, files: bench.LoadFiles, requests: int) 
     return {name: n / requests for name, n in counts.items()}
 
 
-def instructions(root: Path, upstream: int, files: bench.LoadFiles, requests: int) -> float:
-    """User-space machine instructions per request, counted by callgrind."""
+def instructions(
+    root: Path, upstream: int, files: bench.LoadFiles, requests: int, keep: Path | None = None
+) -> float:
+    """User-space machine instructions per request, counted by callgrind; ``keep`` gets a
+    copy of callgrind's profile, by function, for ``callgrind_annotate``."""
     port = bench.free_port()
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
@@ -136,6 +139,8 @@ def instructions(root: Path, upstream: int, files: bench.LoadFiles, requests: in
             subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True)
             dumps = [p for p in Path(tmp).iterdir() if re.search(r"\.\d+$", p.name)]
             text = min(dumps).read_text()
+            if keep is not None:
+                keep.write_text(text)
         found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
         if found is None:
             raise RuntimeError("callgrind wrote no totals")
@@ -147,6 +152,13 @@ def main() -> int:
     parser.add_argument("--baseline", help="a git ref to count too")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--top", type=int, default=25, help="functions listed")
+    parser.add_argument(
+        "--callgrind-out",
+        type=Path,
+        metavar="FILE",
+        help="keep the working tree's callgrind profile (by C function, including the "
+        "interpreter's and the compiled modules'); read it with callgrind_annotate FILE",
+    )
     args = parser.parse_args()
     for tool in ("nginx", "hey"):
         if shutil.which(tool) is None:
@@ -173,7 +185,8 @@ def report(sides: list[tuple[str, Path]], files: bench.LoadFiles, args: argparse
                 print(f"  {n:8.1f}  {100 * n / total:4.1f}%  {function}")
             machine = None
             if shutil.which("valgrind"):
-                machine = instructions(root, upstream, files, min(args.requests, 1000))
+                keep = args.callgrind_out if name == "current" else None
+                machine = instructions(root, upstream, files, min(args.requests, 1000), keep)
                 print(f"{name}: {machine / 1000:,.1f}k instructions per request (user space)")
             totals[name] = (total, machine)
     if len(totals) == 2:
