@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import unquote
 
 from inferwatch import schema
+from inferwatch.sidecar import request_fields
 
 MAX_PARSE_BYTES: Final = 64 * 1024  # body prefix the proxy peeks to find model and batch size
 MAX_NAME_CHARS: Final = 128  # model names and versions longer than this are cut
@@ -231,6 +232,20 @@ def _top_level_prefix(body: bytes, wanted: frozenset[str]) -> dict[str, Any]:
 
 
 # --- batch size per protocol, from a parsed JSON document ---------------------------------------
+
+
+def _v2_body_batch(body: bytes) -> int | None:
+    """Open Inference Protocol: the batch size of a JSON body, decoding its inputs' shapes
+    only where :mod:`request_fields` can (the tensor data is skipped), else all of it."""
+    request = request_fields.v2_request(body)
+    if request is None:
+        return _v2_batch(_load_json(body))
+    inputs = request.inputs
+    if inputs:
+        shape = inputs[0].shape
+        if isinstance(shape, list) and shape:
+            return _count(shape[0])
+    return None
 
 
 def _v2_batch(doc: object) -> int | None:
@@ -634,10 +649,10 @@ def _parse_v2(info: RequestInfo, headers: HeaderLookup, body: bytes, complete: b
             return
         if length < 0 or length > len(body):
             return  # the JSON header is longer than what was peeked
-        info.batch_size = _v2_batch(_load_json(body[:length]))
+        info.batch_size = _v2_body_batch(body[:length])
         return
     if complete:
-        info.batch_size = _v2_batch(_load_json(body))
+        info.batch_size = _v2_body_batch(body)
 
 
 def _parse_v1(info: RequestInfo, headers: HeaderLookup, body: bytes, complete: bool) -> None:
