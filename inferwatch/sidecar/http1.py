@@ -66,25 +66,25 @@ def header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> CIMultiDictProxy[s
 
 class RawHeaderLookup:
     """The first value of a header field by name, in any case, read from the raw fields:
-    what ``headers.get(name)`` gives, without building the multidict."""
+    what ``headers.get(name)`` gives, without building the multidict. A request has a few
+    fields and a step asks for one or two, so a scan that compares lengths first costs less
+    than a map of them all."""
 
-    __slots__ = ("_first", "_raw")
+    __slots__ = ("_raw",)
 
     def __init__(self, raw_headers: Sequence[tuple[bytes, bytes]]) -> None:
         self._raw = raw_headers
-        self._first: dict[bytes, bytes] | None = None  # lower-cased name: first value
 
     def get(self, name: str, /) -> str | None:
-        first = self._first
-        if first is None:
-            first = self._first = {}
-            for field, value in self._raw:
-                first.setdefault(field.lower(), value)
         try:
-            found = first.get(name.lower().encode("latin-1"))
+            wanted = name.lower().encode("latin-1")
         except UnicodeEncodeError:
             return None  # no field is named so (llhttp takes ASCII names only)
-        return None if found is None else found.decode("latin-1")
+        size = len(wanted)
+        for field, value in self._raw:
+            if len(field) == size and field.lower() == wanted:
+                return value.decode("latin-1")
+        return None
 
 
 class HeaderFields:
