@@ -86,6 +86,31 @@ async def test_slow_upstream_is_504_timeout() -> None:
         await poll(lambda: up.cancelled == 1, "the upstream to see the hang-up")
 
 
+async def test_the_upstream_timeout_holds_for_each_request_on_a_kept_alive_connection() -> None:
+    """One timer serves a connection's requests in turn: answers slower than nothing but
+    quicker than the timeout pass however many follow each other, and a request that gets
+    no answer times out after the timeout, not before, whatever went before it."""
+    timeout = 0.3
+    async with running_upstream() as up, running_sidecar(up.url, upstream_timeout=timeout) as sc:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):  # 0.6 s in all on one upstream connection, each under 0.3 s
+                status, _, _ = await post(session, url(sc, "?sleep=0.2"))
+                assert status == 200
+            for _ in range(5):
+                status, _, _ = await post(session, url(sc))
+                assert status == 200
+            started = asyncio.get_running_loop().time()
+            status, _, body = await post(session, url(sc, "?hold=1"))
+            waited = asyncio.get_running_loop().time() - started
+            assert status == 504
+            assert json.loads(body)["reason"] == "upstream_timeout"
+            assert waited >= timeout
+            status, _, _ = await post(session, url(sc))
+            assert status == 200
+        assert metric(sc, "model_inference_total", status="success", **M) == 9
+        assert metric(sc, "model_inference_failures_total", reason="timeout", **M) == 1
+
+
 async def test_client_disconnect_is_cancelled_and_reaches_the_upstream() -> None:
     async with running_upstream() as up, running_sidecar(up.url) as sc:
         async with aiohttp.ClientSession() as session:

@@ -105,6 +105,7 @@ class UpstreamConnection(FlowControl):
         self._head_only = False
         self._until_close = False  # the answer's body ends when the upstream closes
         self._last_data = 0.0
+        self._timed = False  # an exchange is waiting for the upstream's bytes
         self._timer: asyncio.TimerHandle | None = None
         # The answer being parsed:
         self._reason = b""
@@ -121,7 +122,7 @@ class UpstreamConnection(FlowControl):
 
     def close(self) -> None:
         self.should_close = True
-        self._stop_timer()
+        self._cancel_timer()
         if self.transport is not None:
             self.transport.close()
 
@@ -136,17 +137,26 @@ class UpstreamConnection(FlowControl):
         return answer
 
     def start_timer(self) -> None:
-        """The request is written: the upstream has ``read_timeout`` seconds between bytes."""
+        """The request is written: the upstream has ``read_timeout`` seconds between bytes.
+
+        One timer serves the connection's exchanges one after another: it is armed when none
+        is, and when it fires early (the deadline moved with the bytes read, or with a later
+        exchange) it is armed again for what is left, so a keep-alive connection arms about
+        one timer per ``read_timeout`` rather than one per request."""
         if self._answer is not None or self._body is not None:
             self._last_data = self._loop.time()
-            self._timer = self._loop.call_at(
-                self._last_data + self.read_timeout, self._check_timeout
-            )
+            self._timed = True
+            if self._timer is None:
+                self._timer = self._loop.call_at(
+                    self._last_data + self.read_timeout, self._check_timeout
+                )
 
     def _check_timeout(self) -> None:
         """No byte from the upstream for ``read_timeout`` seconds: the exchange times out
         (not while the proxy itself stopped reading, waiting for a slow client)."""
         self._timer = None
+        if not self._timed:
+            return  # the exchange ended; the next one arms a timer of its own
         now = self._loop.time()
         if self.reading_paused:
             self._last_data = now
@@ -158,6 +168,11 @@ class UpstreamConnection(FlowControl):
         self.close()
 
     def _stop_timer(self) -> None:
+        """The exchange ended: the timer, if still armed, lapses when it fires."""
+        self._timed = False
+
+    def _cancel_timer(self) -> None:
+        self._timed = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -177,7 +192,7 @@ class UpstreamConnection(FlowControl):
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         self.should_close = True
-        self._stop_timer()
+        self._cancel_timer()
         if self._body is not None and self._until_close:
             self._body.feed_eof()  # the answer had no framing: the close ends it
             self._body = None
