@@ -19,7 +19,7 @@ def reference(body: bytes) -> int | None:
 
 def test_a_plain_body_is_read_by_the_typed_decoder() -> None:
     body = b'{"inputs":[{"name":"x","shape":[8,3],"datatype":"FP32","data":[1,2,3]}]}'
-    request = request_fields.v2_request(body)
+    request = protocols._typed_json(request_fields.V2_DECODER, body)
     assert request is not None
     assert request.inputs is not None and request.inputs[0].shape == [8, 3]
     assert protocols._v2_body_batch(body) == 8
@@ -56,7 +56,7 @@ def test_a_plain_body_is_read_by_the_typed_decoder() -> None:
     ],
 )
 def test_edge_cases_give_what_json_gives(body: bytes, fast: bool, batch: int | None) -> None:
-    assert (request_fields.v2_request(body) is not None) is fast
+    assert (protocols._typed_json(request_fields.V2_DECODER, body) is not None) is fast
     assert protocols._v2_body_batch(body) == reference(body) == batch
 
 
@@ -71,7 +71,9 @@ json_values = st.recursive(
 )
 shapes = st.one_of(json_values, st.lists(st.integers(min_value=-2, max_value=2**40), max_size=4))
 inputs = st.lists(
-    st.one_of(json_values, st.fixed_dictionaries({"shape": shapes}, optional={"data": json_values})),
+    st.one_of(
+        json_values, st.fixed_dictionaries({"shape": shapes}, optional={"data": json_values})
+    ),
     max_size=3,
 )
 documents = st.one_of(

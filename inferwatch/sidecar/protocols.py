@@ -16,9 +16,10 @@ import io
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import unquote
+
+import msgspec
 
 from inferwatch import schema
 from inferwatch.sidecar import request_fields
@@ -65,18 +66,46 @@ _HEALTH_PATHS: Final = frozenset(
 _JSON_WS: Final = b" \t\r\n"
 
 
-@dataclass(slots=True)
 class RequestInfo:
-    """The classification of one request; ``parse_body`` fills in what the body tells."""
+    """The classification of one request; ``parse_body`` fills in what the body tells.
 
-    protocol: str  # "v2", "v1", "torchserve", "mlflow", "openai", "seldon", "generic"
-    route: str  # route template, e.g. "/v2/models/{model}/infer" (low cardinality)
-    is_inference: bool  # False for health/metadata/metrics requests: proxied, not counted
-    model_name: str | None = None
-    model_version: str | None = None
-    batch_size: int | None = None
-    wants_body: bool = False  # the body can tell model or batch size: call parse_body
-    stream: bool = False  # the client asked for a streamed answer
+    A plain class rather than a dataclass: compiled, its ``__init__`` is native code, where a
+    dataclass's is generated Python that would run once per request."""
+
+    __slots__ = (
+        "batch_size",
+        "is_inference",
+        "model_name",
+        "model_version",
+        "protocol",
+        "route",
+        "stream",
+        "wants_body",
+    )
+
+    def __init__(
+        self,
+        protocol: str,
+        route: str,
+        is_inference: bool,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        batch_size: int | None = None,
+        wants_body: bool = False,
+        stream: bool = False,
+    ) -> None:
+        self.protocol = protocol  # "v2", "v1", "torchserve", "mlflow", "openai", "seldon", ...
+        self.route = route  # route template, e.g. "/v2/models/{model}/infer" (low cardinality)
+        self.is_inference = is_inference  # False for health/metadata: proxied, not counted
+        self.model_name = model_name
+        self.model_version = model_version
+        self.batch_size = batch_size
+        self.wants_body = wants_body  # the body can tell model or batch size: parse_body
+        self.stream = stream  # the client asked for a streamed answer
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"RequestInfo({fields})"
 
 
 def clean_name(value: object) -> str | None:
@@ -234,10 +263,22 @@ def _top_level_prefix(body: bytes, wanted: frozenset[str]) -> dict[str, Any]:
 # --- batch size per protocol, from a parsed JSON document ---------------------------------------
 
 
+def _typed_json(decoder: Any, body: bytes) -> Any:
+    """``body`` decoded by one of :mod:`request_fields`' decoders, or None where ``json``
+    might read it otherwise (or not at all): msgspec skips undeclared strings without
+    checking their UTF-8, and rejects NaN, Infinity and numbers beyond a double."""
+    if not body.isascii():
+        return None
+    try:
+        return decoder.decode(body)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+
+
 def _v2_body_batch(body: bytes) -> int | None:
     """Open Inference Protocol: the batch size of a JSON body, decoding its inputs' shapes
     only where :mod:`request_fields` can (the tensor data is skipped), else all of it."""
-    request = request_fields.v2_request(body)
+    request = _typed_json(request_fields.V2_DECODER, body)
     if request is None:
         return _v2_batch(_load_json(body))
     inputs = request.inputs

@@ -8,17 +8,15 @@ read exactly as ``json.loads`` would (non-ASCII text, ``NaN``, numbers out of ra
 of another type) gives ``None``, and the caller parses it with ``json`` as before: the fast
 path never changes an answer, it only avoids the work.
 
-The structs live in this pure-Python module: mypyc does not compile classes with a
-metaclass, and the decoding itself is msgspec's C code either way.
+The structs live in this pure-Python module, apart from the compiled ones that use them: mypyc
+does not compile classes with a metaclass, and the decoding is msgspec's C code either way.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import msgspec
-
-_T = TypeVar("_T")
 
 
 class V2Input(msgspec.Struct):
@@ -33,21 +31,4 @@ class V2Request(msgspec.Struct):
     inputs: list[V2Input] | None = None
 
 
-_V2_DECODER: Final = msgspec.json.Decoder(V2Request)
-
-
-def _decoded(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T | None:
-    """``body`` decoded, or None where ``json.loads`` might read it otherwise (or not at
-    all): msgspec skips undeclared strings without checking their UTF-8, and rejects NaN,
-    Infinity and numbers beyond a double, which ``json`` reads."""
-    if not body.isascii():
-        return None
-    try:
-        return decoder.decode(body)
-    except (msgspec.MsgspecError, RecursionError):
-        return None
-
-
-def v2_request(body: bytes) -> V2Request | None:
-    """The inputs' shapes of an Open Inference Protocol JSON body (see :func:`_decoded`)."""
-    return _decoded(_V2_DECODER, body)
+V2_DECODER: Final = msgspec.json.Decoder(V2Request)
