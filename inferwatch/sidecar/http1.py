@@ -170,7 +170,9 @@ class Connection(FlowControl):
         self.peer = ""
         self._queue: deque[Request] = deque()
         self._parsed: list[Request] = []  # by the read being parsed
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # from the first request to the close
+        self._waiter: asyncio.Future[None] | None = None  # the task's, while it waits for one
+        self._handling = False  # requests are queued or being answered
         self.idle_since: float | None = None  # loop time it became idle; None while busy
         self._closing = False
         self._last_request = False  # no requests after the queued ones (upgrade, flood)
@@ -238,7 +240,7 @@ class Connection(FlowControl):
                 return  # bytes after the last request this connection answers: ignored
             self._last_request = True
             self._reject_after = f"bad request: {exc}"
-            if self._task is None and not self._queue:
+            if not self._handling and not self._queue:
                 self._reject(self._reject_after)
             return
         self._queue_parsed()
@@ -267,7 +269,12 @@ class Connection(FlowControl):
         if len(queue) > MAX_PIPELINED or any(request.should_close for request in parsed):
             self._last_request = True  # answer these, then close (RFC 9112 9.6)
         self._cancel_idle_timer()
-        if self._task is None:
+        self._handling = True
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set_result(None)  # the connection's task goes on with these
+        elif self._task is None:
             self._task = self._loop.create_task(self._serve())
 
     # --- httptools callbacks -----------------------------------------------------------------
@@ -340,52 +347,67 @@ class Connection(FlowControl):
     # --- request loop --------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        queue = self._queue
-        handler = self.server.handler
+        """The connection's task, from its first request to its close: it answers the queued
+        requests in order, then waits for the next ones (a task per connection, not one per
+        request)."""
         try:
-            while queue and not self._closing:
-                request = queue.popleft()
-                payload = self._payload = request.payload
-                self.keep_alive = not request.should_close
-                self.started = self.finished = False
-                try:
-                    await handler(request)
-                except asyncio.CancelledError:
+            while await self._answer_queued():
+                self._handling = False
+                if self._reject_after is not None:
+                    self._reject(self._reject_after)
+                    return
+                if self._last_request or self._closing:
                     self._close()
                     return
-                except ConnectionError:  # the client went away
-                    self._close()
-                    return
-                except Exception:
-                    log.exception("proxy handler failed")
-                    if not self.started and not self._closing:
-                        self.keep_alive = False
-                        with contextlib.suppress(ConnectionError):
-                            await self.send_json(
-                                request, 500, b'{"error":"internal error","reason":"bug"}'
-                            )
-                if not self.finished or not payload.complete:
-                    # A half-written answer, or a body nobody read: the connection's state is
-                    # unknown, so it cannot carry another request.
-                    self._close()
-                    return
-                if not self.keep_alive or self.server.closing:
-                    self._close()
-                    return
+                self._arm_idle_timer()
+                waiter = self._waiter = self._loop.create_future()
+                await waiter  # _queue_parsed wakes it; connection_lost cancels it
         finally:
             self._task = None
+            self._waiter = None
+            self._handling = False
             self._payload = None
-        if self._reject_after is not None:
-            self._reject(self._reject_after)
-        elif self._last_request:
-            self._close()
-        else:
-            self._arm_idle_timer()
+
+    async def _answer_queued(self) -> bool:
+        """Answers the queued requests in order; False once the connection must close."""
+        queue = self._queue
+        handler = self.server.handler
+        while queue and not self._closing:
+            request = queue.popleft()
+            payload = self._payload = request.payload
+            self.keep_alive = not request.should_close
+            self.started = self.finished = False
+            try:
+                await handler(request)
+            except asyncio.CancelledError:
+                self._close()
+                return False
+            except ConnectionError:  # the client went away
+                self._close()
+                return False
+            except Exception:
+                log.exception("proxy handler failed")
+                if not self.started and not self._closing:
+                    self.keep_alive = False
+                    with contextlib.suppress(ConnectionError):
+                        await self.send_json(
+                            request, 500, b'{"error":"internal error","reason":"bug"}'
+                        )
+            if not self.finished or not payload.complete:
+                # A half-written answer, or a body nobody read: the connection's state is
+                # unknown, so it cannot carry another request.
+                self._close()
+                return False
+            if not self.keep_alive or self.server.closing:
+                self._close()
+                return False
+        self._payload = None
+        return True
 
     def _reject(self, message: str) -> None:
         log.debug("closing connection from %s: %s", self.peer, message)
         body = b'{"error":"malformed request","reason":"bad_request"}'
-        if self.transport is not None and self._task is None:
+        if self.transport is not None and not self._handling:
             self.transport.write(
                 b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
@@ -422,7 +444,7 @@ class Connection(FlowControl):
         self._close()
 
     def close_if_idle(self) -> bool:
-        if self._task is None:
+        if not self._handling:
             self._close()
             return True
         return False
