@@ -32,7 +32,6 @@ def test_a_plain_body_is_read_by_the_typed_decoder() -> None:
         (b'{"inputs":[{"shape":[4]}],"data":[NaN, Infinity]}', False, 4),
         (b'{"inputs":[{"shape":[1e400]}]}', False, None),
         (b'{"inputs":[{"shape":[4]}],"x":"\\ud800"}', False, 4),
-        (b'{"inputs":[{"shape":[4]}],"x":"caf\xc3\xa9"}', False, 4),  # UTF-8, not ASCII
         # json refuses these (invalid UTF-8 in a field the typed decoder would skip)
         (b'{"inputs":[{"shape":[4]}],"x":"\xff\xfe"}', False, None),
         # shapes of other types: the typed decoder refuses, json's reading decides
@@ -43,6 +42,7 @@ def test_a_plain_body_is_read_by_the_typed_decoder() -> None:
         (b'\xef\xbb\xbf{"inputs":[{"shape":[4]}]}', False, None),
         (b'{"inputs":[{"shape":[4]}]} trailing', False, None),
         # read by the typed decoder, as json reads them
+        (b'{"inputs":[{"shape":[4]}],"x":"caf\xc3\xa9"}', True, 4),  # UTF-8, checked first
         (b'{"inputs":[{"shape":[4]}],"inputs":[{"shape":[9]}]}', True, 9),  # the last wins
         (b'{"inputs":[{"shape":[4],"shape":[7]}]}', True, 7),
         (b'{"inputs":[{"shape":[99999999999999999999999]}]}', True, None),
@@ -86,3 +86,87 @@ documents = st.one_of(
 def test_any_document_gives_what_json_gives(document: object, ascii_only: bool) -> None:
     body = json.dumps(document, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
     assert protocols._v2_body_batch(body) == reference(body)
+
+
+OPENAI = protocols.Classifier()
+
+
+def openai_info(path: str, body: bytes) -> tuple[object, ...]:
+    info = OPENAI.classify("POST", path)
+    OPENAI.parse_body(info, {"Content-Type": "application/json"}, body, True)
+    return info.model_name, info.stream, info.batch_size
+
+
+def openai_reference(path: str, body: bytes) -> tuple[object, ...]:
+    """What the classifier read from the same body through json alone."""
+    info = OPENAI.classify("POST", path)
+    doc = protocols._load_json(body)
+    if isinstance(doc, dict):
+        model = protocols.clean_name(doc.get("model"))
+        if model is not None:
+            info.model_name = model
+        if doc.get("stream") is True:
+            info.stream = True
+        if path.endswith("/v1/completions"):
+            info.batch_size = protocols._prompt_count(doc.get("prompt"))
+        elif path.endswith("/v1/embeddings"):
+            info.batch_size = protocols._prompt_count(doc.get("input"))
+    return info.model_name, info.stream, info.batch_size
+
+
+def test_an_openai_chat_body_is_read_without_its_messages() -> None:
+    body = json.dumps(
+        {"model": "llama", "stream": True, "messages": [{"role": "user", "content": "x" * 5000}]}
+    ).encode()
+    assert protocols._typed_json(request_fields.OPENAI_DECODER, body) is not None
+    assert openai_info("/v1/chat/completions", body) == ("llama", True, 1)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "expected"),
+    [
+        ("/v1/completions", b'{"model":"m","prompt":["a","b","c"]}', ("m", False, 3)),
+        ("/v1/completions", b'{"model":"m","prompt":[1,2,3]}', ("m", False, 1)),
+        ("/v1/embeddings", b'{"model":"m","input":"one"}', ("m", False, 1)),
+        ("/v1/chat/completions", '{"model":"é","messages":[]}'.encode(), ("é", False, 1)),
+        ("/v1/chat/completions", b'{"model":"m","stream":"yes"}', ("m", False, 1)),
+        ("/v1/chat/completions", b'{"model":"a","model":"b"}', ("b", False, 1)),
+        # json reads what the typed decoder does not, and the answer is json's
+        ("/v1/chat/completions", b'{"model":"m","temperature":NaN}', ("m", False, 1)),
+        ("/v1/chat/completions", b'{"model":"\\ud800x"}', ("?x", False, 1)),
+        ("/v1/chat/completions", b'{"model":"m","x":"\xff"}', ("unknown", False, 1)),
+        ("/v1/chat/completions", b'["model"]', ("unknown", False, 1)),
+    ],
+)
+def test_openai_bodies_give_what_json_gives(
+    path: str, body: bytes, expected: tuple[object, ...]
+) -> None:
+    assert openai_info(path, body) == openai_reference(path, body) == expected
+
+
+openai_documents = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "model": json_values,
+            "stream": json_values,
+            "prompt": json_values,
+            "input": json_values,
+            "messages": json_values,
+        },
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    openai_documents,
+    st.booleans(),
+    st.sampled_from(["/v1/completions", "/v1/embeddings", "/v1/chat/completions"]),
+)
+def test_any_openai_document_gives_what_json_gives(
+    document: object, ascii_only: bool, path: str
+) -> None:
+    body = json.dumps(document, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    assert openai_info(path, body) == openai_reference(path, body)

@@ -104,7 +104,12 @@ class RequestInfo:
         self.stream = stream  # the client asked for a streamed answer
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        fields = (
+            f"protocol={self.protocol!r}, route={self.route!r}, "
+            f"is_inference={self.is_inference!r}, model_name={self.model_name!r}, "
+            f"model_version={self.model_version!r}, batch_size={self.batch_size!r}, "
+            f"wants_body={self.wants_body!r}, stream={self.stream!r}"
+        )
         return f"RequestInfo({fields})"
 
 
@@ -266,8 +271,12 @@ def _top_level_prefix(body: bytes, wanted: frozenset[str]) -> dict[str, Any]:
 def _typed_json(decoder: Any, body: bytes) -> Any:
     """``body`` decoded by one of :mod:`request_fields`' decoders, or None where ``json``
     might read it otherwise (or not at all): msgspec skips undeclared strings without
-    checking their UTF-8, and rejects NaN, Infinity and numbers beyond a double."""
-    if not body.isascii():
+    checking their UTF-8 (checked here first, unless the body is ASCII), and rejects NaN,
+    Infinity and numbers beyond a double."""
+    try:
+        if not body.isascii():
+            body.decode()
+    except UnicodeDecodeError:
         return None
     try:
         return decoder.decode(body)
@@ -719,10 +728,27 @@ def _parse_seldon(info: RequestInfo, headers: HeaderLookup, body: bytes, complet
 _OPENAI_KEYS: Final = frozenset(("model", "stream", "prompt", "input"))
 
 
+def _openai_fields(body: bytes, complete: bool) -> Any:
+    """The members of an OpenAI request the classifier reads: decoded alone (the messages
+    and the rest skipped) where :mod:`request_fields` can, else from all of the JSON; those
+    seen before the cut of a peeked prefix."""
+    if not complete:
+        return _top_level_prefix(body, _OPENAI_KEYS)
+    request = _typed_json(request_fields.OPENAI_DECODER, body)
+    if request is None:
+        return _load_json(body)
+    return {
+        "model": request.model,
+        "stream": request.stream,
+        "prompt": request.prompt,
+        "input": request.input,
+    }
+
+
 def _parse_openai(info: RequestInfo, headers: HeaderLookup, body: bytes, complete: bool) -> None:
     if not _maybe_json(headers):
         return
-    doc: Any = _load_json(body) if complete else _top_level_prefix(body, _OPENAI_KEYS)
+    doc = _openai_fields(body, complete)
     if not isinstance(doc, dict):
         return
     model = clean_name(doc.get("model"))

@@ -1,12 +1,13 @@
-"""The few fields of a JSON request body that tell its batch size, decoded without the rest.
+"""The few fields of a JSON request body that tell its model and batch size, decoded alone.
 
-An inference body is mostly its tensor data (``inputs[].data``: thousands of numbers) and the
-classifier needs one number of it (``inputs[0].shape[0]``). ``json.loads`` builds a Python
-object for every value; msgspec's typed decoders validate the whole document in C but build
-objects only for the fields declared here, and skip the others. A body these decoders cannot
-read exactly as ``json.loads`` would (non-ASCII text, ``NaN``, numbers out of range, a shape
-of another type) gives ``None``, and the caller parses it with ``json`` as before: the fast
-path never changes an answer, it only avoids the work.
+An inference body is mostly its tensor data (``inputs[].data``: thousands of numbers) or its
+chat messages, and the classifier needs a few values of it (``inputs[0].shape[0]``, ``model``,
+``stream``). ``json.loads`` builds a Python object for every value; msgspec's typed decoders
+validate the whole document in C but build objects only for the members declared here and
+skip the others (a 59 KB Open Inference Protocol body: 56 us, against 543 us for
+``json.loads``). A body these decoders cannot read exactly as ``json.loads`` would (invalid
+UTF-8, ``NaN``, numbers beyond a double, members of another type) is parsed by the caller
+with ``json`` as before: the typed path never changes an answer, it only avoids the work.
 
 The structs live in this pure-Python module, apart from the compiled ones that use them: mypyc
 does not compile classes with a metaclass, and the decoding is msgspec's C code either way.
@@ -32,3 +33,16 @@ class V2Request(msgspec.Struct):
 
 
 V2_DECODER: Final = msgspec.json.Decoder(V2Request)
+
+
+class OpenAIRequest(msgspec.Struct):
+    """An OpenAI-compatible request (completions, chat, embeddings, responses): the members
+    that name its model, ask for a stream, or count its prompts; never its messages."""
+
+    model: Any = None
+    stream: Any = None
+    prompt: Any = None
+    input: Any = None
+
+
+OPENAI_DECODER: Final = msgspec.json.Decoder(OpenAIRequest)
