@@ -233,3 +233,27 @@ def test_default_version_for_unversioned_requests(registry: CollectorRegistry) -
     assert value(registry, total, **VERSIONED, status="success") == 2
     assert value(registry, total, **MODEL, model_version="7", status="success") == 1
     assert value(registry, total, **MODEL, model_version="", status="success") == 0
+
+
+def test_names_past_the_bounds_count_as_other_however_often_they_come(
+    registry: CollectorRegistry, exchanges: Exchanges
+) -> None:
+    """The children are kept by the names requests give; names past the bounds are not
+    kept (one per request would grow without end) and keep counting as ``other``."""
+    for round_ in range(3):
+        for i in range(50):
+            exchanges.open(f"model-{i}", f"v{round_}-{i}", None, perf_counter()).succeeded()
+        exchanges.open(None, None, None, perf_counter()).succeeded()
+    kept = {(m.model_name, m.model_version) for m in exchanges._by_request.values()}
+    assert kept == {("model-0", "v0-0"), ("model-1", "v0-1")}
+
+    def successes(model: str, version: str) -> float:
+        labels = {**SIDECAR, "model_name": model, "model_version": version}
+        return value(registry, schema.INFERENCE_TOTAL.name, **labels, status="success")
+
+    # Two model names and ten versions pass the bounds (first come); "unknown" is a third name.
+    assert successes("model-0", "v0-0") == successes("model-1", "v0-1") == 1
+    assert successes("model-0", "other") == successes("model-1", "other") == 2
+    assert successes("other", "v0-2") == 1
+    assert successes("other", "other") == 40 + 48 + 48
+    assert successes("other", "") == 3

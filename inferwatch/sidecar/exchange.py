@@ -193,14 +193,25 @@ class Exchanges:
         self.default_version = default_version
         self._model_label = model_label
         self._version_label = version_label
+        # By the names as requests give them. Only names the bounds kept are keys (a name
+        # over the bound counts as ``other`` and is looked up each time), so the map holds
+        # no more entries than the bounds allow series.
+        self._by_request: dict[tuple[str | None, str | None], ModelInstruments] = {}
 
     def instruments(self, model_name: str | None, model_version: str | None) -> ModelInstruments:
         """The label children for a model as a request names it (bounded)."""
+        key = (model_name, model_version)
+        found = self._by_request.get(key)
+        if found is not None:
+            return found
         name = self._model_label(model_name or self.default_model)
         version = model_version or self.default_version
         if version:
             version = self._version_label(version)
-        return self.metrics.model(self.source, name, version)
+        found = self.metrics.model(self.source, name, version)
+        if name != schema.OTHER and version != schema.OTHER:
+            self._by_request[key] = found
+        return found
 
     def open(
         self,
