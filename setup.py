@@ -26,6 +26,7 @@ HOT_PATH = [
     "inferwatch/sidecar/upstream.py",
     "inferwatch/sidecar/protocols.py",
     "inferwatch/sidecar/proxy.py",
+    "inferwatch/sidecar/fastmetrics.py",
 ]
 # The compiled modules' shared library: a top-level module, as mypyc expects it (it finds
 # the compiled modules' own files from there).

@@ -26,6 +26,7 @@ HOT_PATH = (
     "inferwatch.sidecar.upstream",
     "inferwatch.sidecar.protocols",
     "inferwatch.sidecar.proxy",
+    "inferwatch.sidecar.fastmetrics",
 )
 ENV = "INFERWATCH_COMPILED"
 # The shared library that holds the compiled code (setup.py's GROUP + "__mypyc"); each compiled
