@@ -64,6 +64,9 @@ def header_map(raw_headers: Iterable[tuple[bytes, bytes]]) -> CIMultiDictProxy[s
     return CIMultiDictProxy(CIMultiDict(fields))
 
 
+_FIELD_NAMES: Final[dict[str, bytes]] = {}  # names asked for: lower-cased, as the raw fields
+
+
 class RawHeaderLookup:
     """The first value of a header field by name, in any case, read from the raw fields:
     what ``headers.get(name)`` gives, without building the multidict. A request has a few
@@ -76,10 +79,14 @@ class RawHeaderLookup:
         self._raw = raw_headers
 
     def get(self, name: str, /) -> str | None:
-        try:
-            wanted = name.lower().encode("latin-1")
-        except UnicodeEncodeError:
-            return None  # no field is named so (llhttp takes ASCII names only)
+        wanted = _FIELD_NAMES.get(name)
+        if wanted is None:
+            try:
+                wanted = name.lower().encode("latin-1")
+            except UnicodeEncodeError:
+                return None  # no field is named so (llhttp takes ASCII names only)
+            if len(_FIELD_NAMES) < 64:  # the hot path asks for a few names, always the same
+                _FIELD_NAMES[name] = wanted
         size = len(wanted)
         for field, value in self._raw:
             if len(field) == size and field.lower() == wanted:

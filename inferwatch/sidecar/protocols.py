@@ -164,8 +164,10 @@ class HeaderLookup(Protocol):
 
 
 def _header(headers: HeaderLookup, name: str) -> str | None:
+    """A field's first value; the multidict and ``RawHeaderLookup`` ignore case, a plain
+    dict is asked for the lower-cased name too."""
     value = headers.get(name)
-    if value is None:
+    if value is None and isinstance(headers, dict):
         value = headers.get(name.lower())
     return value if isinstance(value, str) else None
 
