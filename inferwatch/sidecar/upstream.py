@@ -51,6 +51,7 @@ _XFP: Final = b"x-forwarded-proto"
 _XFH: Final = b"x-forwarded-host"
 _HOST: Final = b"host"
 _REQUEST_SPECIAL: Final = HOP_BY_HOP | {_XFF, _XFP, _XFH, _HOST}
+_REQUEST_SPECIAL_LENGTHS: Final = frozenset(len(name) for name in _REQUEST_SPECIAL)
 WRITE_BUFFER_HIGH: Final = 256 * 1024  # wait for the upstream to read before writing more body
 
 
@@ -317,58 +318,66 @@ def request_head(
     """The request line and headers to send upstream: the client's, minus hop-by-hop ones,
     plus ``X-Forwarded-*``. ``raw_headers`` come from llhttp (no CR/LF inside).
     An HTTP/1.0 client may send no Host; HTTP/1.1 requires one: ``default_host`` then."""
-    connection_tokens: frozenset[bytes] = frozenset()
+    connection = _connection_options(raw_headers)
     forwarded_for = b""
     has_proto = False
     has_host = False
     has_forwarded_host = False
     host = b""
+    # A field is forwarded as four pieces (name, ": ", value, CRLF), joined once at the end.
     lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
-    append = lines.append
     for name, value in raw_headers:
-        lname = name.lower()
-        if lname not in _REQUEST_SPECIAL:
-            append(name + b": " + value + b"\r\n")
-            continue
-        if lname in HOP_BY_HOP:
-            if lname == b"connection":
-                connection_tokens |= frozenset(
-                    t.strip().lower() for t in value.split(b",") if t.strip()
-                )
-                connection_tokens -= NEVER_HOP_BY_HOP
-            continue
-        if lname == _XFF:
-            forwarded_for = value
-            continue
-        if lname == _XFP:
-            has_proto = True
-        elif lname == _HOST:
-            host = value
-            has_host = True
-        elif lname == _XFH:
-            has_forwarded_host = True  # set by a proxy in front: keep theirs
-        append(name + b": " + value + b"\r\n")
-    if connection_tokens:  # headers the client named in Connection are hop-by-hop too
-        lines = [lines[0]] + [
-            line for line in lines[1:] if line.partition(b":")[0].lower() not in connection_tokens
-        ]
-        append = lines.append
-    peer_bytes = peer.encode("latin-1")
-    append(
-        b"X-Forwarded-For: "
-        + (forwarded_for + b", " + peer_bytes if forwarded_for else peer_bytes)
-        + b"\r\n"
-    )
+        if connection or len(name) in _REQUEST_SPECIAL_LENGTHS:  # else it cannot be special
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                continue
+            if lname == _XFF:
+                forwarded_for = value
+                continue
+            if lname == _XFP:
+                has_proto = True
+            elif lname == _HOST:
+                host = value
+                has_host = True
+            elif lname == _XFH:
+                has_forwarded_host = True  # set by a proxy in front: keep theirs
+            if lname in connection:  # headers the client named in Connection: hop-by-hop too
+                continue
+        lines.append(name)
+        lines.append(b": ")
+        lines.append(value)
+        lines.append(b"\r\n")
+    lines.append(b"X-Forwarded-For: ")
+    if forwarded_for:
+        lines.append(forwarded_for)
+        lines.append(b", ")
+    lines.append(peer.encode("latin-1"))
+    lines.append(b"\r\n")
     if not has_proto:
-        append(b"X-Forwarded-Proto: " + scheme.encode("latin-1") + b"\r\n")
+        lines.append(b"X-Forwarded-Proto: ")
+        lines.append(scheme.encode("latin-1"))
+        lines.append(b"\r\n")
     if host and not has_forwarded_host:
-        append(b"X-Forwarded-Host: " + host + b"\r\n")
+        lines.append(b"X-Forwarded-Host: ")
+        lines.append(host)
+        lines.append(b"\r\n")
     if not has_host and default_host:
-        append(b"Host: " + default_host + b"\r\n")
+        lines.append(b"Host: ")
+        lines.append(default_host)
+        lines.append(b"\r\n")
     if chunked:
-        append(b"Transfer-Encoding: chunked\r\n")
-    append(b"\r\n")
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def _connection_options(raw_headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The field names a request's Connection header lists (never its framing or Host)."""
+    options: frozenset[bytes] = frozenset()
+    for name, value in raw_headers:
+        if len(name) == len(b"connection") and name.lower() == b"connection":
+            options |= frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+    return options - NEVER_HOP_BY_HOP if options else options
 
 
 class UpstreamPool:
