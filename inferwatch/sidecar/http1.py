@@ -50,6 +50,18 @@ _REASONS: Final = {
 }
 
 
+_STATUS_LINES: Final[dict[tuple[int, str], bytes]] = {}  # the few an upstream sends
+
+
+def _status_line(status: int, reason: str) -> bytes:
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace"))
+        if len(_STATUS_LINES) < 256:  # reasons are the upstream's: keep the first ones only
+            _STATUS_LINES[(status, reason)] = line
+    return line
+
+
 class RequestPayloadError(Exception):
     """The client's request body was malformed or cut short."""
 
@@ -493,9 +505,14 @@ class Connection(FlowControl):
             framing += b"Connection: close\r\n"
         elif request.version < (1, 1):
             framing += b"Connection: keep-alive\r\n"
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1", "replace"))]
-        lines += [name + b": " + value + b"\r\n" for name, value in headers]
-        lines.append(framing + b"\r\n")
+        lines = [_status_line(status, reason)]
+        for name, value in headers:
+            lines.append(name)
+            lines.append(b": ")
+            lines.append(value)
+            lines.append(b"\r\n")
+        lines.append(framing)
+        lines.append(b"\r\n")
         return b"".join(lines)
 
     async def send(

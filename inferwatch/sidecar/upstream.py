@@ -45,6 +45,7 @@ HOP_BY_HOP: Final = frozenset(
     )
 )
 _NOT_END_TO_END: Final = HOP_BY_HOP | {b"content-length"}
+_NOT_END_TO_END_LENGTHS: Final = frozenset(len(name) for name in _NOT_END_TO_END)
 _CONNECTION_OPTIONS: Final = HOP_BY_HOP | {b"close"}
 _XFF: Final = b"x-forwarded-for"
 _XFP: Final = b"x-forwarded-proto"
@@ -112,7 +113,7 @@ class UpstreamConnection(FlowControl):
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []  # its end-to-end fields
         self._count = 0
-        self._connection: set[bytes] = set()  # the Connection header's tokens
+        self._connection: frozenset[bytes] = frozenset()  # the Connection header's tokens
         self._length: int | None = None
         self._chunked = False
         self._interim = False  # a 1xx answer: the real one follows
@@ -235,7 +236,7 @@ class UpstreamConnection(FlowControl):
         self._reason = b""
         self._headers = []
         self._count = 0
-        self._connection = set()
+        self._connection = frozenset()
         self._length = None
         self._chunked = False
 
@@ -248,6 +249,9 @@ class UpstreamConnection(FlowControl):
         self._count += 1
         if len(value) > MAX_LINE or self._count > MAX_HEADERS:
             raise BadAnswer("a header of the answer over the limits")
+        if len(name) not in _NOT_END_TO_END_LENGTHS:  # cheap: most names cannot be one
+            self._headers.append((name, value))
+            return
         lname = name.lower()
         if lname not in _NOT_END_TO_END:
             self._headers.append((name, value))
@@ -258,7 +262,7 @@ class UpstreamConnection(FlowControl):
         elif lname == b"connection":
             value = value.lower()
             if value != b"keep-alive" and value != b"close":  # the usual ones name no field
-                self._connection |= {token.strip() for token in value.split(b",")}
+                self._connection |= frozenset(token.strip() for token in value.split(b","))
 
     def on_headers_complete(self) -> None:
         code = self._parser.get_status_code()
@@ -280,7 +284,7 @@ class UpstreamConnection(FlowControl):
         if not framed and not head_only:
             self.should_close = True
         headers = self._headers
-        if self._connection - _CONNECTION_OPTIONS:  # fields it names are hop-by-hop too
+        if self._connection and self._connection - _CONNECTION_OPTIONS:  # named: hop-by-hop
             headers = [(n, v) for n, v in headers if n.lower() not in self._connection]
         head = Answer(code, self._reason.decode("latin-1"), headers, self._length, self._chunked)
         self._parsed = (head, body)
