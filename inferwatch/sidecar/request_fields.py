@@ -5,9 +5,10 @@ chat messages, and the classifier needs a few values of it (``inputs[0].shape[0]
 ``stream``). ``json.loads`` builds a Python object for every value; msgspec's typed decoders
 validate the whole document in C but build objects only for the members declared here and
 skip the others (a 61 KB Open Inference Protocol body: 45 us, against 370 us for
-``json.loads``, in ``benchmarks/bench_protocols.py``). A body these decoders cannot read exactly as ``json.loads`` would (invalid
-UTF-8, ``NaN``, numbers beyond a double, members of another type) is parsed by the caller
-with ``json`` as before: the typed path never changes an answer, it only avoids the work.
+``json.loads``, in ``benchmarks/bench_protocols.py``). A body these decoders cannot read
+exactly as ``json.loads`` would (invalid UTF-8, ``NaN``, numbers beyond a double, members of
+another type) is parsed by the caller with ``json`` as before: the typed path never changes an
+answer, it only avoids the work.
 
 The structs live in this pure-Python module, apart from the compiled ones that use them: mypyc
 does not compile classes with a metaclass, and the decoding is msgspec's C code either way.
