@@ -292,7 +292,8 @@ class Connection(FlowControl):
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            waiter.set_result(None)  # the connection's task goes on with these
+            if not waiter.done():  # (cancelled: the connection is going)
+                waiter.set_result(None)  # the connection's task goes on with these
         elif self._task is None:
             self._task = self._loop.create_task(self._serve())
 
