@@ -9,9 +9,13 @@ installed; kernel time is not in it). Both are counted over the same requests as
 time), after a warm-up, with every metric on.
 
     .venv/bin/python benchmarks/profile_sidecar.py [--baseline REF] [--requests 500] [--top 25]
+        [--callgrind-out FILE]
 
 With ``--baseline REF`` the git ref REF is counted too (unpacked as bench_sidecar.py does) and
-the per-request totals are printed side by side with their ratio.
+the per-request totals are printed side by side with their ratio. ``--callgrind-out FILE``
+keeps the working tree's callgrind profile, by C function (the interpreter's, the compiled
+modules', the libraries'): ``callgrind_annotate --inclusive=yes FILE`` lists where the
+instructions go.
 """
 
 from __future__ import annotations
