@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -26,7 +26,7 @@ from support.sidecar import running_sidecar
 from support.upstreams import running_upstream, v2_body
 
 from inferwatch import _compiled, schema
-from inferwatch.metrics import InferenceMetrics, ModelInstruments
+from inferwatch.metrics import InferenceMetrics, ModelInstruments, _exposes_created
 from inferwatch.sidecar import fastmetrics
 from inferwatch.sidecar.exchange import Exchange
 from inferwatch.sidecar.fastmetrics import CounterValue, GaugeValue, HistogramValue
@@ -35,6 +35,14 @@ SIDECAR = schema.SOURCE_SIDECAR
 APP = schema.SOURCE_APP
 HISTOGRAMS = [f for f in schema.INFERENCE_FAMILIES if f.kind == "histogram"]
 TRACE = {"trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331"}
+
+
+@pytest.fixture(autouse=True)
+def _created_switch_restored() -> Iterator[None]:
+    """Tests here turn prometheus_client's process-wide ``_created`` switch: it is put back."""
+    was_on = _exposes_created()
+    yield
+    (enable_created_metrics if was_on else disable_created_metrics)()
 
 
 def reference_metrics(registry: CollectorRegistry) -> InferenceMetrics:
