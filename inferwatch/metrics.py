@@ -57,8 +57,8 @@ class ModelInstruments:
 
     __slots__ = (
         "_exemplar_copies",
+        "_collector",
         "_fast",
-        "_metrics",
         "model_name",
         "model_version",
         "source",
@@ -75,7 +75,7 @@ class ModelInstruments:
         self.source = source
         self.model_name = model_name
         self.model_version = model_version
-        self._metrics = metrics
+        self._collector = collector = metrics.collector
         self._fast = fast = source in metrics.fast_sources
         own = (source, model_name, model_version)
         for family, held in _PER_MODEL:
@@ -83,9 +83,9 @@ class ModelInstruments:
             child: Any
             if held.by_value:
                 preset = dict(held.preset).get(source, held.by_value)
-                child = {value: metrics.child(family, (*labels, value), fast) for value in preset}
+                child = {value: collector.child(family, (*labels, value), fast) for value in preset}
             else:
-                child = metrics.child(family, (*labels, *held.values), fast)
+                child = collector.child(family, (*labels, *held.values), fast)
             setattr(self, held.attribute, child)
         self._exemplar_copies: dict[Exemplar, ModelInstruments] = {}
 
@@ -97,7 +97,7 @@ class ModelInstruments:
             if reason not in schema.FAILURE_REASONS:
                 raise ValueError(f"unknown failure reason {reason!r}")
             own = (self.source, self.model_name, self.model_version, reason)
-            child = self._metrics.child(schema.INFERENCE_FAILURES, own, self._fast)
+            child = self._collector.child(schema.INFERENCE_FAILURES, own, self._fast)
             self.failures[reason] = child
         child.inc()
 
@@ -107,7 +107,7 @@ class ModelInstruments:
         child = self.finish_reasons.get(value)
         if child is None:
             own = (self.source, self.model_name, value)
-            child = self._metrics.child(schema.FINISH_REASONS_TOTAL, own, self._fast)
+            child = self._collector.child(schema.FINISH_REASONS_TOTAL, own, self._fast)
             self.finish_reasons[value] = child
         child.inc()
 
@@ -178,11 +178,6 @@ class InferenceMetrics:
                     self._models[key] = found
         return found
 
-    def child(self, family: schema.Family, labelvalues: tuple[str, ...], fast: bool) -> Any:
-        """The child of ``family`` labelled ``labelvalues``: a fast value if ``fast``, else
-        prometheus_client's; created on first use (at zero), the same one after."""
-        return self.collector.child(family, labelvalues, fast)
-
 
 class InferenceCollector:
     """Exposes the inference families (a prometheus_client collector): each family's
@@ -199,6 +194,8 @@ class InferenceCollector:
         self._lock = threading.Lock()
 
     def child(self, family: schema.Family, labelvalues: tuple[str, ...], fast: bool) -> Any:
+        """The child of ``family`` labelled ``labelvalues``: a fast value if ``fast``, else
+        prometheus_client's; created on first use (at zero), the same one after."""
         with self._lock:
             children = self._children[family.name]
             found = children.get(labelvalues)

@@ -135,7 +135,7 @@ def test_histogram_buckets_sum_and_count_match_prometheus_client(family: schema.
     assert family.buckets is not None
     labels = ("sidecar", "resnet", "1")[: len(family.labels)]
     ours, theirs = CollectorRegistry(), CollectorRegistry()
-    fast = InferenceMetrics(ours).child(family, labels, fast=True)
+    fast = InferenceMetrics(ours).collector.child(family, labels, fast=True)
     reference = family.create(theirs).labels(*labels)  # type: ignore[union-attr]
     assert isinstance(fast, HistogramValue)
     for amount in observations(family.buckets):
@@ -150,7 +150,7 @@ def test_a_nan_goes_to_no_bucket_but_to_the_sum_as_in_prometheus_client() -> Non
     disable_created_metrics()
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     family = schema.BATCH_SIZE
-    fast = InferenceMetrics(ours).child(family, ("sidecar", "m"), fast=True)
+    fast = InferenceMetrics(ours).collector.child(family, ("sidecar", "m"), fast=True)
     reference = family.create(theirs).labels("sidecar", "m")  # type: ignore[union-attr]
     for amount in (2.0, math.nan, 500.0):
         fast.observe(amount)
