@@ -293,11 +293,7 @@ def _v2_body_batch(body: bytes) -> int | None:
     if request is None:
         return _v2_batch(_load_json(body))
     inputs = request.inputs
-    if inputs:
-        shape = inputs[0].shape
-        if isinstance(shape, list) and shape:
-            return _count(shape[0])
-    return None
+    return _shape_batch(inputs[0].shape) if inputs else None
 
 
 def _v2_batch(doc: object) -> int | None:
@@ -305,10 +301,13 @@ def _v2_batch(doc: object) -> int | None:
     if isinstance(doc, dict):
         inputs = doc.get("inputs")
         if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
-            shape = inputs[0].get("shape")
-            if isinstance(shape, list) and shape:
-                return _count(shape[0])
+            return _shape_batch(inputs[0].get("shape"))
     return None
+
+
+def _shape_batch(shape: object) -> int | None:
+    """A tensor's leading dimension, from its JSON shape."""
+    return _count(shape[0]) if isinstance(shape, list) and shape else None
 
 
 def _v1_batch(doc: object) -> int | None:
@@ -352,8 +351,7 @@ def _seldon_batch(doc: object) -> int | None:
     if isinstance(data, dict):
         if "tensor" in data:
             tensor = data["tensor"]
-            shape = tensor.get("shape") if isinstance(tensor, dict) else None
-            return _count(shape[0]) if isinstance(shape, list) and shape else None
+            return _shape_batch(tensor.get("shape")) if isinstance(tensor, dict) else None
         if "ndarray" in data:
             return _length(data["ndarray"])
         if "tftensor" in data:
