@@ -249,11 +249,8 @@ class UpstreamConnection(FlowControl):
         self._count += 1
         if len(value) > MAX_LINE or self._count > MAX_HEADERS:
             raise BadAnswer("a header of the answer over the limits")
-        if len(name) not in _NOT_END_TO_END_LENGTHS:  # cheap: most names cannot be one
-            self._headers.append((name, value))
-            return
-        lname = name.lower()
-        if lname not in _NOT_END_TO_END:
+        lname = name.lower() if len(name) in _NOT_END_TO_END_LENGTHS else b""  # cheap: most
+        if lname not in _NOT_END_TO_END:  # names cannot be one of those, by their length
             self._headers.append((name, value))
         elif lname == b"content-length":
             self._length = int(value)
